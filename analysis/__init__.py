@@ -1,0 +1,1 @@
+"""Experiments over the zoo: benchmarks, pretraining runs, low-rank studies, figures."""

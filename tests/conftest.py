@@ -1,0 +1,53 @@
+"""Shared test helpers: a deterministic small problem and trajectory runners."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def float64():
+    """Run the test with float64 as torch's default dtype (torch.optim keeps scalar state in it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def make_params(shapes=((6, 4), (4,), (3, 5)), dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def loss_fn(params, step: int):
+    """A non-quadratic loss whose gradients change sign over the trajectory (so masks matter)."""
+    total = 0.0
+    for i, p in enumerate(params):
+        phase = 0.3 * step + i
+        total = total + (torch.sin(p * 1.3 + phase) * p).sum() + 0.05 * (p**4).sum()
+    return total
+
+
+def trajectory(make_opt, steps=30, shapes=((6, 4), (4,), (3, 5)), sign=1.0, seed=0):
+    """Parameters after each of ``steps`` steps of ``make_opt(params)`` on ``sign * loss_fn``."""
+    params = make_params(shapes, seed=seed)
+    opt = make_opt(params)
+    out = []
+    for t in range(steps):
+        opt.zero_grad()
+        (sign * loss_fn(params, t)).backward()
+        opt.step()
+        out.append([p.detach().clone() for p in params])
+    return out
+
+
+def two_groups(params, lr, **extra):
+    """Two param groups with different learning rates."""
+    return [{"params": params[:2], "lr": lr, **extra}, {"params": params[2:], "lr": lr * 0.37, **extra}]
+
+
+def assert_trajectories_equal(ours, ref, rtol=1e-13, atol=1e-13):
+    for t, (a, b) in enumerate(zip(ours, ref)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            torch.testing.assert_close(x, y, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"step {t + 1}, param {i}: {m}")

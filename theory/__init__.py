@@ -1,0 +1,1 @@
+"""Machine-checked theory for the zoo (symbolic with sympy, numeric with scipy)."""

@@ -1,0 +1,15 @@
+"""An optimizer zoo: momentum optimizers and their cautious twins behind one registry.
+
+    import zoo
+    zoo.names()                                   # every registered name
+    opt = zoo.get("c-lion")(model.parameters(), lr=3e-4)
+    opt = zoo.create(model, "c-adamw", lr=1e-3, weight_decay=0.1)
+"""
+from . import optimizers  # noqa: F401  (registers the built-in optimizers)
+from .caution import caution
+from .factory import create, param_groups
+from .memory import state_bytes
+from .registry import OptimizerInfo, UnknownOptimizerError, get, info, names, normalize, register
+
+__all__ = ["names", "get", "info", "create", "register", "state_bytes", "caution", "param_groups",
+           "OptimizerInfo", "UnknownOptimizerError", "normalize"]

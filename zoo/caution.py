@@ -1,0 +1,74 @@
+"""The cautious rule (PAPERS.md §A.1), written once; every optimizer in the zoo calls it.
+
+For an optimizer that would apply ``p <- p - lr * u`` with ``g`` the current gradient::
+
+    mask  = 1[u * g > 0]                       (elementwise, per parameter tensor)
+    p    <- p - lr * (u * phi(mask))
+
+with ``phi`` chosen by the normalisation:
+
+``"mean"`` (default, the reference code and timm)
+    ``phi = mask / max(mean(mask), 1e-3)``: the kept coordinates are rescaled so the update keeps
+    its average size; the scale is always >= 1.
+``"paper"`` (Algorithm 2 of the paper)
+    ``phi = mask * numel / (nnz + 1)``; the scale is < 1 when every coordinate agrees, which
+    breaks condition (6) of Theorem 2.1 in that corner.
+a float ``c`` (the soft family of the ablations)
+    ``phi = 1[x > 0] - c * 1[x <= 0]``: disagreeing coordinates are reversed and shrunk by ``c``
+    (``c = 0`` is the plain unscaled mask). No rescaling.
+
+Only the applied update is masked; momentum states are never touched. Decoupled weight decay is
+not masked (each optimizer applies it before the cautious update).
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+__all__ = ["caution", "check_norm", "MEAN_CLAMP"]
+
+MEAN_CLAMP = 1e-3
+"""Lower clamp of mean(mask) in the "mean" normalisation."""
+
+
+def check_norm(norm) -> None:
+    """Raise ``ValueError`` unless ``norm`` is "mean", "paper" or a finite float c >= 0."""
+    if isinstance(norm, str):
+        if norm in ("mean", "paper"):
+            return
+    elif isinstance(norm, Real) and not isinstance(norm, bool) and math.isfinite(norm) and norm >= 0:
+        return
+    raise ValueError(
+        f"Invalid caution_norm: {norm!r}; allowed: 'mean', 'paper' or a float c >= 0 (soft mask phi_c)"
+    )
+
+
+def caution(update: Tensor, grad: Tensor, norm="mean", counts: list | None = None, *,
+            sign_of: Tensor | None = None) -> Tensor:
+    """Return the cautious version of ``update`` (a new tensor; the inputs are not modified).
+
+    ``update`` may be any tensor whose sign agrees elementwise with the real update direction
+    (for Adam the first moment: its denominator is positive). ``grad`` is the gradient the
+    update is compared with. ``sign_of`` (default ``update``) is the tensor whose agreement with
+    ``grad`` builds the mask, for an optimizer whose reference masks one tensor by the signs of
+    another (Muon: the momentum buffer's). When ``counts`` is a list, ``(number of aligned
+    coordinates as a 0-d tensor, numel)`` is appended to it, without a device synchronisation.
+    """
+    aligned = torch.mul(update if sign_of is None else sign_of, grad) > 0
+    # counts in at least float32, and in float64 for float64 tensors (exact, no rounding)
+    count_dtype = torch.promote_types(update.dtype, torch.float32)
+    n = update.numel()
+    if counts is not None or isinstance(norm, str):
+        nnz = aligned.sum(dtype=count_dtype)
+        if counts is not None:
+            counts.append((nnz, n))
+    if norm == "mean":
+        scale = n / nnz.clamp(min=MEAN_CLAMP * n)
+        return torch.mul(update, aligned).mul_(scale)
+    if norm == "paper":
+        scale = n / (nnz + 1)
+        return torch.mul(update, aligned).mul_(scale)
+    return torch.where(aligned, update, update * -float(norm))

@@ -1,0 +1,112 @@
+"""Adafactor (Shazeer & Stern 2018) in torch.optim.Adafactor's form, with an optional first moment.
+
+Step t, for a parameter whose last two dimensions are (m, n)::
+
+    b2_t  = 1 - t^beta2_decay                              (one_minus = t^beta2_decay)
+    rho_t = min(lr, 1 / sqrt(t));  alpha = max(eps2, RMS(p)) * rho_t
+    p    <- p * (1 - lr * wd)
+    R    <- b2_t R + (1 - b2_t) mean_n(g^2)      C <- b2_t C + (1 - b2_t) mean_m(g^2)
+    V     = R C / mean_m(R)                                 (a vector param keeps V = EMA of g^2)
+    U     = g / sqrt(max(V, eps1^2));   U_hat = U / max(1, RMS(U) / d)
+    p    <- p - alpha * U_hat                                  (without beta1), or
+    m    <- b1 * m + (1 - b1) * alpha * U_hat;  p <- p - m    (with beta1, as HF / timm / C-Optim)
+
+Without ``beta1`` the update is g times a positive factor, always aligned with g, so the
+cautious twin requires ``beta1`` and masks ``m`` against ``g``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..caution import caution as cautious
+from .base import ZooOptimizer, as_float, check_range
+
+__all__ = ["Adafactor", "adafactor"]
+
+
+def adafactor(params: list[Tensor], grads: list[Tensor], states: list[dict], *, lr: float,
+              beta1: float | None, beta2_decay: float, eps1: float | None, eps2: float, d: float,
+              weight_decay: float, caution: bool = False, caution_norm="mean", counts=None) -> None:
+    """Functional core; ``states`` hold ``step`` and ``row_var``/``col_var`` or ``variance``
+    (and ``exp_avg`` when ``beta1`` is set)."""
+    for param, grad, state in zip(params, grads, states):
+        step = state["step"]
+        eps1_p = torch.finfo(param.dtype).eps if eps1 is None else eps1
+        one_minus_beta2 = step**beta2_decay
+        rho = min(lr, 1 / step**0.5)
+        alpha = max(eps2, param.norm(2).item() / param.numel() ** 0.5) * rho
+        if weight_decay != 0:
+            param.mul_(1 - lr * weight_decay)
+        if grad.dim() > 1:
+            row_var, col_var = state["row_var"], state["col_var"]
+            row_var.lerp_(torch.norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)), one_minus_beta2)
+            col_var.lerp_(torch.norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)), one_minus_beta2)
+            var_estimate = row_var @ col_var
+            var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1_p))
+        else:
+            state["variance"].lerp_(grad * grad, one_minus_beta2)
+            var_estimate = state["variance"].clone()
+        update = var_estimate.clamp_(min=eps1_p * eps1_p).rsqrt_().mul_(grad)
+        clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * d))
+        if beta1 is None:
+            param.add_(update, alpha=-alpha / clip)
+            continue
+        exp_avg = state["exp_avg"]
+        exp_avg.mul_(beta1).add_(update, alpha=(1 - beta1) * alpha / clip)
+        update = cautious(exp_avg, grad, caution_norm, counts) if caution else exp_avg
+        param.sub_(update)
+
+
+class Adafactor(ZooOptimizer):
+    """Adafactor: factored second moment, relative step size, update clipping; optional ``beta1``.
+
+    Same arguments and results as ``torch.optim.Adafactor`` (``beta1=None``), plus ``beta1``
+    (first moment of the clipped update), ``caution`` and ``caution_norm``.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, beta2_decay: float = -0.8,
+                 eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
+                 weight_decay: float = 0.0, beta1: float | None = None, *, maximize: bool = False,
+                 caution: bool = False, caution_norm="mean"):
+        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+                        beta1=beta1, maximize=maximize)
+        super().__init__(params, defaults, caution, caution_norm)
+
+    def _validate(self, group):
+        check_range("beta2_decay", group["beta2_decay"], -1.0, 0.0)
+        eps = group["eps"]
+        if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+            raise ValueError(f"Invalid eps: {eps!r}; expected a pair (eps1 or None, eps2)")
+        if eps[0] is not None:
+            check_range("eps[0]", eps[0])
+        check_range("eps[1]", eps[1])
+        check_range("d", group["d"], 1.0)
+        if group["beta1"] is not None:
+            check_range("beta1", group["beta1"], 0.0, 1.0, high_open=True)
+
+    def _caution_noop_reason(self, group):
+        if group["beta1"] is None or group["beta1"] == 0:
+            return ("beta1 is not set (pass e.g. beta1=0.9): without a first moment the update is "
+                    "g times a positive factor")
+        return None
+
+    def _update_group(self, group, params):
+        states = []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                if p.dim() > 1:
+                    state["row_var"] = p.new_zeros(p.shape[:-1] + (1,))
+                    state["col_var"] = p.new_zeros(p.shape[:-2] + (1, p.shape[-1]))
+                else:
+                    state["variance"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["beta1"] is not None and "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            states.append(state)
+        eps1, eps2 = group["eps"]
+        adafactor(params, self._grads(group, params), states, lr=as_float(group["lr"]),
+                  beta1=group["beta1"], beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2,
+                  d=group["d"], weight_decay=group["weight_decay"], **self._caution_args(group))

@@ -1,0 +1,62 @@
+"""LaProp (Ziyin et al. 2020): momentum over RMSProp-normalised gradients.
+
+Step t, with the learning rate inside the momentum as in the reference code (so a changing
+lr is averaged, not applied at once)::
+
+    p  <- p * (1 - lr * wd)                                   (decoupled, before the update)
+    v  <- b2 * v + (1 - b2) * g^2
+    a1 <- b1 * a1 + (1 - b1) * lr;  a2 <- b2 * a2 + (1 - b2)  (a2 = 1 - b2^t; a1 = lr (1 - b1^t) at constant lr)
+    m  <- b1 * m + (1 - b1) * lr * g / (sqrt(v / a2) + eps)
+    p  <- p - m * lr / a1
+
+The reference (Z-T-WANG/LaProp-Optimizer; timm ``laprop.py``) decays after the update; here the
+decay comes first, as for every decoupled optimizer in the zoo (PAPERS.md §A.1), a difference
+of order lr^2 * wd per step. The cautious twin masks ``m`` against ``g``.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..caution import caution as cautious
+from .adam import _AdaptiveBase
+from .base import as_float
+
+__all__ = ["LaProp", "laprop"]
+
+
+def laprop(params: list[Tensor], grads: list[Tensor], states: list[dict], *, lr: float, beta1: float,
+           beta2: float, eps: float, weight_decay: float, caution: bool = False, caution_norm="mean",
+           counts=None) -> None:
+    """Functional core; ``states`` hold ``exp_avg``, ``exp_avg_sq`` and the lr averages."""
+    for param, grad, state in zip(params, grads, states):
+        if weight_decay != 0:
+            param.mul_(1 - lr * weight_decay)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        state["exp_avg_lr_1"] = beta1 * state["exp_avg_lr_1"] + (1 - beta1) * lr
+        state["exp_avg_lr_2"] = beta2 * state["exp_avg_lr_2"] + (1 - beta2)
+        bias_correction1 = state["exp_avg_lr_1"] / lr if lr != 0 else 1.0
+        denom = (exp_avg_sq / state["exp_avg_lr_2"]).sqrt_().add_(eps)
+        exp_avg.mul_(beta1).addcdiv_(grad, denom, value=(1 - beta1) * lr)
+        update = cautious(exp_avg, grad, caution_norm, counts) if caution else exp_avg
+        param.add_(update, alpha=-1 / bias_correction1)
+
+
+class LaProp(_AdaptiveBase):
+    """LaProp: separates momentum from adaptivity (normalise first, then average)."""
+
+    def __init__(self, params, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-15, weight_decay: float = 0.0, *, maximize: bool = False,
+                 caution: bool = False, caution_norm="mean"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, caution, caution_norm)
+
+    def _update_group(self, group, params):
+        states = self._states(params, "exp_avg", "exp_avg_sq")
+        for state in states:
+            state.setdefault("exp_avg_lr_1", 0.0)
+            state.setdefault("exp_avg_lr_2", 0.0)
+        beta1, beta2 = group["betas"]
+        laprop(params, self._grads(group, params), states, lr=as_float(group["lr"]), beta1=beta1,
+               beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+               **self._caution_args(group))

@@ -1,0 +1,83 @@
+"""Lion (Chen et al. 2023) and Signum, signed momentum (Bernstein et al. 2018).
+
+Lion, step t::
+
+    p <- p * (1 - lr * wd)
+    u <- sign(b1 * m + (1 - b1) * g)
+    p <- p - lr * u
+    m <- b2 * m + (1 - b2) * g
+
+Signum is Lion with b1 = b2 = momentum: ``m <- mu * m + (1 - mu) * g; p <- p - lr * sign(m)``,
+with the same decoupled weight decay. The cautious twins mask ``u`` against ``g``
+(PAPERS.md §A.1).
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..caution import caution as cautious
+from .base import ZooOptimizer, as_float, check_betas, check_range
+
+__all__ = ["Lion", "Signum", "lion"]
+
+
+def lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: float,
+         beta1: float, beta2: float, weight_decay: float, caution: bool = False,
+         caution_norm="mean", counts=None) -> None:
+    """Functional core of Lion (and of Signum with ``beta1 == beta2``)."""
+    for param, grad, exp_avg in zip(params, grads, exp_avgs):
+        if weight_decay != 0:
+            param.mul_(1 - lr * weight_decay)
+        update = exp_avg.lerp(grad, 1 - beta1).sign_()
+        if caution:
+            update = cautious(update, grad, caution_norm, counts)
+        param.add_(update, alpha=-lr)
+        exp_avg.lerp_(grad, 1 - beta2)
+
+
+class Lion(ZooOptimizer):
+    """Lion: the sign of an interpolated momentum, decoupled weight decay."""
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False, caution: bool = False,
+                 caution_norm="mean"):
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, caution, caution_norm)
+
+    def _validate(self, group):
+        check_betas("betas", group["betas"])
+
+    def _caution_noop_reason(self, group):
+        if group["betas"][0] == 0:
+            return "betas[0] is 0, so the update is sign(g)"
+        return None
+
+    def _update_group(self, group, params):
+        states = self._states(params, "exp_avg")
+        beta1, beta2 = group["betas"]
+        lion(params, self._grads(group, params), [s["exp_avg"] for s in states],
+             lr=as_float(group["lr"]), beta1=beta1, beta2=beta2,
+             weight_decay=group["weight_decay"], **self._caution_args(group))
+
+
+class Signum(ZooOptimizer):
+    """Signum: the sign of an exponential moving average of gradients, decoupled weight decay."""
+
+    def __init__(self, params, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 0.0, *,
+                 maximize: bool = False, caution: bool = False, caution_norm="mean"):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, caution, caution_norm)
+
+    def _validate(self, group):
+        check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
+
+    def _caution_noop_reason(self, group):
+        if group["momentum"] == 0:
+            return "momentum is 0, so the update is sign(g)"
+        return None
+
+    def _update_group(self, group, params):
+        states = self._states(params, "exp_avg")
+        lion(params, self._grads(group, params), [s["exp_avg"] for s in states],
+             lr=as_float(group["lr"]), beta1=group["momentum"], beta2=group["momentum"],
+             weight_decay=group["weight_decay"], **self._caution_args(group))

@@ -1,0 +1,147 @@
+"""Muon (Jordan et al. 2024): orthogonalised momentum for matrices, AdamW for everything else.
+
+For a matrix parameter (2-D, or a higher-rank tensor flattened to ``(shape[0], -1)``), step t::
+
+    B <- mu * B + (1 - mu) * g
+    U  = (1 - mu) * g + mu * B    (nesterov)   or   U = B
+    O  = NS5(U)                   Newton-Schulz quintic on U / max(||U||_F, eps), in ``ns_dtype``
+    p <- p * (1 - lr * wd)
+    p <- p - lr * adjust(shape) * O
+    adjust = sqrt(max(1, A / B))  ("original")   or   0.2 * sqrt(max(A, B))  ("match_rms_adamw")
+
+as torch.optim.Muon. The cautious twin masks U *before* orthogonalisation with the mask
+1[B * g > 0] of the updated momentum buffer, as the reference code (C-Optim ``c_muon.py``)
+does (PAPERS.md §A.1); the decay is not masked.
+
+Parameters that are not matrices, and every parameter of a group with ``use_muon=False``
+(embeddings, output heads: see :func:`zoo.create`), are updated by AdamW
+(:func:`zoo.optimizers.adam.adam`) with ``adamw_betas``, ``adamw_eps`` and the group's ``lr``
+times ``adamw_lr_ratio``; caution applies to them too.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..caution import caution as cautious
+from .adam import adam
+from .base import ZooOptimizer, as_float, check_betas, check_range
+
+__all__ = ["Muon", "muon", "newton_schulz"]
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(matrix: Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Approximate the orthogonal polar factor U V^T of ``matrix`` (2-D) by a quintic iteration
+    X <- a X + (b A + c A^2) X with A = X X^T, started from X / max(||X||_F, eps)."""
+    a, b, c = coefficients
+    x = matrix.to(dtype)
+    tall = matrix.size(0) > matrix.size(1)
+    if tall:
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def _adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> float:
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr * math.sqrt(max(1, rows / cols))
+
+
+def muon(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], *, lr: float,
+         momentum: float, nesterov: bool, weight_decay: float, ns_coefficients, ns_steps: int,
+         eps: float, ns_dtype: torch.dtype, adjust_lr_fn: str | None, caution: bool = False,
+         caution_norm="mean", counts=None) -> None:
+    """Functional core for the matrix parameters."""
+    for param, grad, buf in zip(params, grads, momentum_buffers):
+        buf.lerp_(grad, 1 - momentum)
+        update = grad.lerp(buf, momentum) if nesterov else buf
+        if caution:
+            update = cautious(update, grad, caution_norm, counts, sign_of=buf)
+        matrix = update.reshape(update.shape[0], -1)
+        ortho = newton_schulz(matrix, ns_steps, ns_coefficients, eps, ns_dtype).view(param.shape)
+        param.mul_(1 - lr * weight_decay)
+        param.add_(ortho, alpha=-_adjusted_lr(lr, adjust_lr_fn, *matrix.shape))
+
+
+class Muon(ZooOptimizer):
+    """Muon for matrices with an AdamW fallback for the other parameters.
+
+    On matrices it gives the results of ``torch.optim.Muon`` for the same arguments; unlike it,
+    it accepts any parameter (non-matrices, or groups with ``use_muon=False``, get AdamW).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+                 nesterov: bool = True, ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+                 eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None, *,
+                 ns_dtype: torch.dtype = torch.bfloat16, use_muon: bool | None = None,
+                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8,
+                 adamw_lr_ratio: float = 1.0, maximize: bool = False, caution: bool = False,
+                 caution_norm="mean"):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                        ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+                        adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, use_muon=use_muon,
+                        adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_lr_ratio=adamw_lr_ratio,
+                        maximize=maximize)
+        super().__init__(params, defaults, caution, caution_norm)
+
+    def _validate(self, group):
+        check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
+        check_range("eps", group["eps"])
+        if not isinstance(group["ns_steps"], int) or not 0 <= group["ns_steps"] < 100:
+            raise ValueError(f"Invalid ns_steps: {group['ns_steps']!r}; allowed an int in [0, 100)")
+        if len(group["ns_coefficients"]) != 3:
+            raise ValueError(f"Invalid ns_coefficients: {group['ns_coefficients']!r}; expected 3 numbers")
+        if group["adjust_lr_fn"] not in (None, "original", "match_rms_adamw"):
+            raise ValueError(f"Invalid adjust_lr_fn: {group['adjust_lr_fn']!r}; allowed None, "
+                             "'original', 'match_rms_adamw'")
+        if group["ns_dtype"] not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+            raise ValueError(f"Invalid ns_dtype: {group['ns_dtype']!r}; allowed a floating dtype")
+        if group["use_muon"] not in (None, True, False):
+            raise ValueError(f"Invalid use_muon: {group['use_muon']!r}; allowed None (matrices), True, False")
+        if group["use_muon"] is True:
+            for p in group["params"]:
+                if p.dim() < 2:
+                    raise ValueError(f"Invalid use_muon: True for a parameter of shape {tuple(p.shape)}; "
+                                     "Muon needs parameters with at least 2 dimensions")
+        check_betas("adamw_betas", group["adamw_betas"])
+        check_range("adamw_eps", group["adamw_eps"])
+        check_range("adamw_lr_ratio", group["adamw_lr_ratio"])
+
+    def _caution_noop_reason(self, group):
+        if group["momentum"] == 0 and group["use_muon"] is True:
+            return "momentum is 0 and every parameter is orthogonalised gradient"
+        return None
+
+    def _update_group(self, group, params):
+        grads = self._grads(group, params)
+        matrices = [group["use_muon"] is not False and p.dim() >= 2 for p in params]
+        lr = as_float(group["lr"])
+        ortho = [i for i, is_matrix in enumerate(matrices) if is_matrix]
+        if ortho:
+            states = [self.state[params[i]] for i in ortho]
+            for i, state in zip(ortho, states):
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
+            muon([params[i] for i in ortho], [grads[i] for i in ortho],
+                 [s["momentum_buffer"] for s in states], lr=lr, momentum=group["momentum"],
+                 nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                 ns_coefficients=group["ns_coefficients"], ns_steps=group["ns_steps"],
+                 eps=group["eps"], ns_dtype=group["ns_dtype"], adjust_lr_fn=group["adjust_lr_fn"],
+                 **self._caution_args(group))
+        rest = [i for i, is_matrix in enumerate(matrices) if not is_matrix]
+        if rest:
+            states = self._states([params[i] for i in rest], "exp_avg", "exp_avg_sq")
+            beta1, beta2 = group["adamw_betas"]
+            adam([params[i] for i in rest], [grads[i] for i in rest], [s["exp_avg"] for s in states],
+                 [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
+                 lr=lr * group["adamw_lr_ratio"], beta1=beta1, beta2=beta2, eps=group["adamw_eps"],
+                 weight_decay=group["weight_decay"], decoupled=True, **self._caution_args(group))
