@@ -28,12 +28,12 @@ def loss_fn(params, step: int):
     return total
 
 
-def trajectory(make_opt, steps=30, shapes=((6, 4), (4,), (3, 5)), sign=1.0, seed=0):
+def trajectory(make_opt, steps=30, shapes=((6, 4), (4,), (3, 5)), sign=1.0, seed=0, first_step=0):
     """Parameters after each of ``steps`` steps of ``make_opt(params)`` on ``sign * loss_fn``."""
     params = make_params(shapes, seed=seed)
     opt = make_opt(params)
     out = []
-    for t in range(steps):
+    for t in range(first_step, first_step + steps):
         opt.zero_grad()
         (sign * loss_fn(params, t)).backward()
         opt.step()

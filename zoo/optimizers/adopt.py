@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..caution import caution as cautious
 from .adam import _AdaptiveBase
-from .base import as_float, check_range
+from .base import as_float, check_bool, check_range
 
 __all__ = ["ADOPT", "adopt"]
 
@@ -60,8 +60,7 @@ class ADOPT(_AdaptiveBase):
 
     def _validate(self, group):
         super()._validate(group)
-        if not isinstance(group["decoupled"], bool):
-            raise ValueError(f"Invalid decoupled: {group['decoupled']!r}; expected a bool")
+        check_bool("decoupled", group["decoupled"])
         if group["clip_exp"] is not None:
             check_range("clip_exp", group["clip_exp"])
 

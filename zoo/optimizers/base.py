@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 
 from ..caution import check_norm
 
-__all__ = ["ZooOptimizer", "check_range", "check_betas"]
+__all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool"]
 
 
 def check_range(name: str, value, low: float = 0.0, high: float = math.inf, *,
@@ -32,6 +32,12 @@ def check_range(name: str, value, low: float = 0.0, high: float = math.inf, *,
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"Invalid {name}: {value!r}; allowed range {interval}")
+
+
+def check_bool(name: str, value) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {value!r}; expected a bool")
 
 
 def check_betas(name: str, betas, count: int = 2) -> None:
@@ -60,10 +66,8 @@ class ZooOptimizer(Optimizer):
         group = self.param_groups[-1]
         check_range("lr", group["lr"])
         check_range("weight_decay", group["weight_decay"])
-        if not isinstance(group["maximize"], bool):
-            raise ValueError(f"Invalid maximize: {group['maximize']!r}; expected a bool")
-        if not isinstance(group["caution"], bool):
-            raise ValueError(f"Invalid caution: {group['caution']!r}; expected a bool")
+        check_bool("maximize", group["maximize"])
+        check_bool("caution", group["caution"])
         check_norm(group["caution_norm"])
         self._validate(group)
         if group["caution"]:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..caution import caution as cautious
 from .adam import adam
-from .base import ZooOptimizer, as_float, check_betas, check_range
+from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
 
 __all__ = ["Muon", "muon", "newton_schulz"]
 
@@ -96,6 +96,7 @@ class Muon(ZooOptimizer):
     def _validate(self, group):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
         check_range("eps", group["eps"])
+        check_bool("nesterov", group["nesterov"])
         if not isinstance(group["ns_steps"], int) or not 0 <= group["ns_steps"] < 100:
             raise ValueError(f"Invalid ns_steps: {group['ns_steps']!r}; allowed an int in [0, 100)")
         if len(group["ns_coefficients"]) != 3:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..caution import caution as cautious
-from .base import ZooOptimizer, as_float, check_range
+from .base import ZooOptimizer, as_float, check_bool, check_range
 
 __all__ = ["SGD", "sgd"]
 
@@ -58,8 +58,7 @@ class SGD(ZooOptimizer):
     def _validate(self, group):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
         check_range("dampening", group["dampening"], 0.0, 1.0)
-        if not isinstance(group["nesterov"], bool):
-            raise ValueError(f"Invalid nesterov: {group['nesterov']!r}; expected a bool")
+        check_bool("nesterov", group["nesterov"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening = 0")
 

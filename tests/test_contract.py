@@ -1,0 +1,183 @@
+"""The torch.optim contract, checked for every registered name (new optimizers are included
+automatically: the parameters come from zoo.names())."""
+import copy
+import io
+
+import pytest
+import torch
+
+import zoo
+
+ALL = zoo.names()
+
+
+def least_squares(seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 8, generator=gen)
+    y = x @ torch.randn(8, 4, generator=gen) + 0.5 + 0.01 * torch.randn(64, 4, generator=gen)
+    w = torch.zeros(8, 4, dtype=dtype, requires_grad=True)
+    b = torch.zeros(4, dtype=dtype, requires_grad=True)
+    return [w, b], lambda: ((x.to(dtype) @ w + b - y.to(dtype)) ** 2).mean()
+
+
+def build(name, params, **hp):
+    return zoo.get(name)(params, **hp)
+
+
+def run(opt, loss, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_loss_decreases_on_least_squares(name):
+    params, loss = least_squares()
+    start = loss().item()
+    opt = build(name, params, lr=10 * zoo.info(name).defaults["lr"])
+    run(opt, loss, 300)
+    assert loss().item() < 0.8 * start
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_dict_round_trip_continues_bit_for_bit(name):
+    params, loss = least_squares()
+    opt = build(name, params)
+    run(opt, loss, 5)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    twin_params, twin_loss = least_squares()
+    with torch.no_grad():
+        for p, q in zip(twin_params, params):
+            p.copy_(q)
+    twin = build(name, twin_params)
+    buffer.seek(0)
+    twin.load_state_dict(torch.load(buffer, weights_only=False))
+    run(opt, loss, 5)
+    run(twin, twin_loss, 5)
+    for p, q in zip(params, twin_params):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_closure_is_called_and_its_loss_returned(name):
+    params, loss = least_squares()
+    opt = build(name, params)
+    calls = []
+
+    def closure():
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        calls.append(value.item())
+        return value
+
+    before = [p.detach().clone() for p in params]
+    returned = opt.step(closure)
+    assert calls and returned.item() == calls[0]
+    for _ in range(3):   # some optimizers (ADOPT) only move from their second step
+        opt.step(closure)
+    assert any(not torch.equal(p, q) for p, q in zip(params, before))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_params_without_grad_are_skipped(name):
+    params, loss = least_squares()
+    frozen = torch.randn(3, 3, requires_grad=True)
+    opt = build(name, [*params, frozen])
+    before = frozen.detach().clone()
+    run(opt, loss, 3)
+    assert frozen.grad is None and torch.equal(frozen, before) and frozen not in opt.state
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_zero_size_and_non_contiguous_params(name):
+    def problem(contiguous):
+        gen = torch.Generator().manual_seed(1)
+        base = torch.randn(6, 5, generator=gen)
+        w = (base.clone() if contiguous else base.t().contiguous().t()).requires_grad_()
+        empty = torch.zeros(0, 3, requires_grad=True)
+        target = torch.randn(6, 5, generator=gen)
+        return [w, empty], lambda: ((w - target) ** 2).sum() + empty.sum()
+
+    results = []
+    for contiguous in (True, False):
+        params, loss = problem(contiguous)
+        assert params[0].is_contiguous() == contiguous
+        run(build(name, params), loss, 4)
+        assert params[1].shape == (0, 3)
+        results.append(params[0].detach())
+    # equal up to float32 round-off: reductions (norms, means) may sum in another order
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bf16_params_update(name):
+    params, loss = least_squares(dtype=torch.bfloat16)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1)
+    before = [p.detach().clone() for p in params]
+    run(build(name, params, lr=10 * zoo.info(name).defaults["lr"]), loss, 3)
+    assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in params)
+    assert any(not torch.equal(p, q) for p, q in zip(params, before))
+
+
+# an invalid value for each hyper-parameter name the zoo uses
+INVALID = {
+    "lr": -1.0, "weight_decay": -0.1, "momentum": 1.5, "dampening": -1.0, "betas": (1.2, 0.9),
+    "adamw_betas": (0.9, -0.1), "eps": -1e-8, "adamw_eps": -1.0, "momentum_decay": -1.0,
+    "beta2_decay": 0.5, "d": 0.5, "beta1": 1.0, "clip_exp": -1.0, "ns_steps": -1,
+    "adjust_lr_fn": "sqrt", "caution_norm": "median", "maximize": "yes", "nesterov": "no",
+    "decoupled": "no", "use_muon": "auto", "adamw_lr_ratio": -1.0, "ns_dtype": torch.int32,
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_invalid_hyper_parameters_raise_value_error_naming_them(name):
+    params, _ = least_squares()
+    checked = 0
+    for key, bad in INVALID.items():
+        if key not in zoo.info(name).defaults:
+            continue
+        with pytest.raises(ValueError, match=key):
+            build(name, params, **{key: bad})
+        with pytest.raises(ValueError, match=key):   # a bad value in a second group is refused too
+            build(name, [{"params": params[:1]}, {"params": params[1:], key: bad}])
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("name", zoo.names(cautious=True))
+def test_cautious_names_cannot_be_built_uncautious(name):
+    params, _ = least_squares()
+    with pytest.raises(ValueError, match=zoo.info(name).base):
+        build(name, params, caution=False)
+
+
+def test_caution_that_cannot_act_is_an_error():
+    params, _ = least_squares()
+    with pytest.raises(ValueError, match="beta1"):
+        zoo.get("c-adafactor")(params, beta1=None)
+    with pytest.raises(ValueError, match="momentum is 0"):
+        zoo.get("c-sgdm")(params, momentum=0.0)
+    with pytest.raises(ValueError, match="betas"):
+        zoo.get("c-lion")(params, betas=(0.0, 0.99))
+
+
+def test_lr_may_be_a_tensor():
+    params, loss = least_squares()
+    opt = zoo.get("c-adamw")(params, lr=torch.tensor(1e-2))
+    run(opt, loss, 2)
+    reference_params, reference_loss = least_squares()
+    run(zoo.get("c-adamw")(reference_params, lr=1e-2), reference_loss, 2)
+    assert all(torch.equal(p, q) for p, q in zip(params, reference_params))
+
+
+def test_deepcopy_of_an_optimizer_continues_identically():
+    params, loss = least_squares()
+    opt = zoo.get("c-lion")(params, lr=1e-3)
+    run(opt, loss, 2)
+    state = copy.deepcopy(opt.state_dict())
+    assert state["param_groups"][0]["caution"] is True
