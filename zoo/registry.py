@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 from torch.optim import Optimizer
 
 __all__ = ["OptimizerInfo", "UnknownOptimizerError", "register", "names", "info", "get",
-           "normalize"]
+           "normalize", "markdown_table"]
 
 
 class UnknownOptimizerError(KeyError):
@@ -142,3 +142,13 @@ def names(*, cautious: bool | None = None, family: str | None = None,
                   if (cautious is None or rec.cautious == cautious)
                   and (family is None or rec.family == family)
                   and (low_rank is None or rec.low_rank == low_rank))
+
+
+def markdown_table() -> str:
+    """The registry as a Markdown table (the README's optimizer list is this text)."""
+    rows = ["| name | family | cautious twin of | optimizer state per tensor | reference |",
+            "|---|---|---|---|---|"]
+    for name in names():
+        rec = _REGISTRY[name]
+        rows.append(f"| `{name}` | {rec.family} | {rec.base or ''} | {rec.state_formula} | {rec.reference} |")
+    return "\n".join(rows)

@@ -39,4 +39,4 @@ for _name, _cls, _family, _fixed, _twin_defaults, _formula, _ref in _BUILTINS:
     register(_cls, _name, family=_family, fixed=_fixed, state_formula=_formula, reference=_ref)
     register(_cls, f"c-{_name}", family=_family, fixed={**_fixed, "caution": True},
              defaults=_twin_defaults, state_formula=_formula, base=_name,
-             reference=f"Liang et al. 2024, Cautious Optimizers (PAPERS.md §A.1) over {_name}")
+             reference=f"Liang et al. 2024, Cautious Optimizers (arXiv 2411.16085), over {_name}")

@@ -1,0 +1,134 @@
+"""The registry and zoo.create (DESIGN.md public contract)."""
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo.registry import markdown_table
+from zoo.optimizers import SGD, AdamW, Lion, Muon
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("spelling", ["c-adamw", "C-AdamW", "c_adamw", "cadamw", "C AdamW", "CADAMW"])
+def test_names_are_normalised(spelling):
+    assert zoo.info(spelling).name == "c-adamw"
+
+
+def test_unknown_name_lists_closest_and_is_a_key_error():
+    with pytest.raises(KeyError) as err:
+        zoo.get("c-adamx")
+    assert isinstance(err.value, zoo.UnknownOptimizerError)
+    assert "c-adamw" in str(err.value) and "closest" in str(err.value)
+    with pytest.raises(TypeError):
+        zoo.get(None)
+
+
+def test_names_are_sorted_and_filtered():
+    all_names = zoo.names()
+    assert all_names == sorted(all_names)
+    cautious = zoo.names(cautious=True)
+    assert cautious and all(n.startswith("c-") for n in cautious)
+    assert set(cautious) | set(zoo.names(cautious=False)) == set(all_names)
+    assert zoo.names(family="lion") == ["c-lion", "lion"]
+    assert zoo.names(low_rank=True) == [n for n in all_names if zoo.info(n).low_rank]
+
+
+def test_every_base_with_momentum_has_a_cautious_twin_of_the_same_class():
+    for name in zoo.names(cautious=False):
+        rec = zoo.info(name)
+        if rec.has_momentum:
+            twin = zoo.info(f"c-{name}")
+            assert twin.cls is rec.cls and twin.base == name and twin.cautious
+            assert twin.defaults["caution"] is True
+
+
+def test_info_is_frozen_and_complete():
+    rec = zoo.info("c-lion")
+    assert (rec.name, rec.family, rec.cautious, rec.base, rec.cls) == ("c-lion", "lion", True, "lion", Lion)
+    assert rec.defaults["lr"] == 1e-4 and rec.reference and rec.state_formula
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.name = "x"
+    with pytest.raises(TypeError):
+        rec.defaults["lr"] = 1.0
+
+
+def test_get_builds_the_named_optimizer():
+    p = [torch.zeros(3, requires_grad=True)]
+    opt = zoo.get("c-lion")(p, lr=3e-4)
+    assert isinstance(opt, Lion) and opt.defaults["caution"] and opt.defaults["lr"] == 3e-4
+    nesterov = zoo.get("nesterov")(p)
+    assert isinstance(nesterov, SGD) and nesterov.defaults["nesterov"]
+    with pytest.raises(ValueError, match="nesterov"):
+        zoo.get("nesterov")(p, nesterov=False)
+
+
+def test_register_a_user_optimizer():
+    class Plain(torch.optim.SGD):
+        pass
+
+    rec = zoo.register(Plain, name="test-plain-sgd", aliases=("tps",), has_momentum=False,
+                       reference="test")
+    try:
+        assert zoo.info("TestPlainSGD") is rec and zoo.info("tps") is rec
+        assert isinstance(zoo.get("test_plain_sgd")([torch.zeros(2, requires_grad=True)], lr=0.1), Plain)
+        with pytest.raises(ValueError, match="already"):
+            zoo.register(Plain, name="test-plain-sgd")
+        with pytest.raises(ValueError, match="taken"):
+            zoo.register(Plain, name="adam-w")   # normalises to an existing name
+        with pytest.raises(TypeError):
+            zoo.register(object, name="nope")
+    finally:
+        from zoo import registry
+        registry._REGISTRY.pop("test-plain-sgd")
+        for key in ("testplainsgd", "tps"):
+            registry._KEYS.pop(key)
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 10, bias=False)
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+
+def test_create_groups_decay_free_params():
+    model = TinyNet()
+    opt = zoo.create(model, "c-adamw", lr=1e-3, weight_decay=0.1)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
+    assert groups["decay"]["param_names"] == ["fc.weight", "head.weight"]
+    assert sorted(groups["no_decay"]["param_names"]) == ["embed.weight", "fc.bias", "norm.bias", "norm.weight"]
+    assert all(g["caution"] and g["lr"] == 1e-3 for g in opt.param_groups)
+    assert isinstance(opt, AdamW)
+
+
+def test_create_uses_the_class_default_weight_decay_and_passes_plain_params_through():
+    model = TinyNet()
+    opt = zoo.create(model, "adamw")
+    assert {g["name"]: g["weight_decay"] for g in opt.param_groups} == {"decay": 1e-2, "no_decay": 0.0}
+    plain = zoo.create(list(model.fc.parameters()), "sgdm", lr=0.1)
+    assert len(plain.param_groups) == 1
+
+
+def test_create_keeps_embeddings_and_vectors_out_of_muon():
+    opt = zoo.create(TinyNet(), "muon", lr=0.02)
+    assert isinstance(opt, Muon)
+    assert {g["name"]: g["use_muon"] for g in opt.param_groups} == {"decay": None, "no_decay": False}
+
+
+def test_readme_lists_exactly_the_registry():
+    text = README.read_text()
+    block = re.search(r"<!-- optimizers:start -->(.*?)<!-- optimizers:end -->", text, re.S)
+    assert block, "README.md lacks the generated optimizer list"
+    listed = re.findall(r"^\| `([^`]+)` \|", block.group(1), re.M)
+    assert listed == zoo.names()
+    assert block.group(1).strip() == markdown_table()   # regenerate with: python -m zoo
