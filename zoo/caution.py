@@ -28,7 +28,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-__all__ = ["caution", "check_norm", "MEAN_CLAMP"]
+__all__ = ["caution", "caution_mask", "add_update", "check_norm", "MEAN_CLAMP"]
 
 MEAN_CLAMP = 1e-3
 """Lower clamp of mean(mask) in the "mean" normalisation."""
@@ -46,29 +46,45 @@ def check_norm(norm) -> None:
     )
 
 
-def caution(update: Tensor, grad: Tensor, norm="mean", counts: list | None = None, *,
-            sign_of: Tensor | None = None) -> Tensor:
-    """Return the cautious version of ``update`` (a new tensor; the inputs are not modified).
+def caution_mask(update: Tensor, grad: Tensor, norm="mean", counts: list | None = None, *,
+                 sign_of: Tensor | None = None) -> Tensor:
+    """The scaled mask ``phi`` of the rule: the cautious update is ``phi * update``.
 
-    ``update`` may be any tensor whose sign agrees elementwise with the real update direction
-    (for Adam the first moment: its denominator is positive). ``grad`` is the gradient the
-    update is compared with. ``sign_of`` (default ``update``) is the tensor whose agreement with
-    ``grad`` builds the mask, for an optimizer whose reference masks one tensor by the signs of
-    another (Muon: the momentum buffer's). When ``counts`` is a list, ``(number of aligned
-    coordinates as a 0-d tensor, numel)`` is appended to it, without a device synchronisation.
+    Returned as a new tensor of ``update``'s dtype, so an optimizer can fuse the final product
+    into its parameter update (``p.addcmul_(phi, u, value=-lr)``). ``update`` may be any tensor
+    whose sign agrees elementwise with the real update direction (for Adam the first moment: its
+    denominator is positive); ``grad`` is the gradient it is compared with; ``sign_of`` (default
+    ``update``) is the tensor whose agreement with ``grad`` builds the mask, for an optimizer
+    whose reference masks one tensor by the signs of another (Muon: the momentum buffer's).
+    When ``counts`` is a list, ``(number of aligned coordinates as a 0-d tensor, numel)`` is
+    appended to it, without a device synchronisation.
     """
-    aligned = torch.mul(update if sign_of is None else sign_of, grad) > 0
-    # counts in at least float32, and in float64 for float64 tensors (exact, no rounding)
-    count_dtype = torch.promote_types(update.dtype, torch.float32)
+    # one temporary, reused in place: the product, then the 0/1 mask, then phi
+    phi = torch.mul(update if sign_of is None else sign_of, grad).gt_(0)
     n = update.numel()
     if counts is not None or isinstance(norm, str):
-        nnz = aligned.sum(dtype=count_dtype)
+        # counted in float64 for float64 tensors, else float32 (exact below 2^24 per tensor)
+        nnz = phi.sum(dtype=torch.promote_types(update.dtype, torch.float32))
         if counts is not None:
             counts.append((nnz, n))
     if norm == "mean":
-        scale = n / nnz.clamp(min=MEAN_CLAMP * n)
-        return torch.mul(update, aligned).mul_(scale)
+        return phi.mul_(n / nnz.clamp(min=MEAN_CLAMP * n))
     if norm == "paper":
-        scale = n / (nnz + 1)
-        return torch.mul(update, aligned).mul_(scale)
-    return torch.where(aligned, update, update * -float(norm))
+        return phi.mul_(n / (nnz + 1))
+    return phi.mul_(1 + norm).sub_(norm)
+
+
+def caution(update: Tensor, grad: Tensor, norm="mean", counts: list | None = None, *,
+            sign_of: Tensor | None = None) -> Tensor:
+    """The cautious version of ``update``: ``caution_mask(...) * update`` (a new tensor; the
+    inputs are not modified). Arguments as :func:`caution_mask`."""
+    return caution_mask(update, grad, norm, counts, sign_of=sign_of).mul_(update)
+
+
+def add_update(param: Tensor, update: Tensor, grad: Tensor, alpha: float, caution: bool = False,
+               caution_norm="mean", counts: list | None = None) -> None:
+    """``param += alpha * update``, cautious when ``caution`` (the mask fused into one addcmul)."""
+    if caution:
+        param.addcmul_(caution_mask(update, grad, caution_norm, counts), update, value=alpha)
+    else:
+        param.add_(update, alpha=alpha)

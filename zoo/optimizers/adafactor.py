@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..caution import caution as cautious
+from ..caution import add_update
 from .base import ZooOptimizer, as_float, check_range
 
 __all__ = ["Adafactor", "adafactor"]
@@ -54,8 +54,7 @@ def adafactor(params: list[Tensor], grads: list[Tensor], states: list[dict], *, 
             continue
         exp_avg = state["exp_avg"]
         exp_avg.mul_(beta1).add_(update, alpha=(1 - beta1) * alpha / clip)
-        update = cautious(exp_avg, grad, caution_norm, counts) if caution else exp_avg
-        param.sub_(update)
+        add_update(param, exp_avg, grad, -1.0, caution, caution_norm, counts)
 
 
 class Adafactor(ZooOptimizer):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..caution import caution as cautious
+from ..caution import add_update
 from .adam import _AdaptiveBase
 from .base import as_float, check_bool, check_range
 
@@ -42,8 +42,7 @@ def adopt(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp
             clip = (step - 1) ** clip_exp
             normed.clamp_(-clip, clip)
         exp_avg.lerp_(normed, 1 - beta1)
-        update = cautious(exp_avg, grad, caution_norm, counts) if caution else exp_avg
-        param.add_(update, alpha=-lr)
+        add_update(param, exp_avg, grad, -lr, caution, caution_norm, counts)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
 
 

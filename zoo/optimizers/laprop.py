@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..caution import caution as cautious
+from ..caution import add_update
 from .adam import _AdaptiveBase
 from .base import as_float
 
@@ -38,8 +38,7 @@ def laprop(params: list[Tensor], grads: list[Tensor], states: list[dict], *, lr:
         bias_correction1 = state["exp_avg_lr_1"] / lr if lr != 0 else 1.0
         denom = (exp_avg_sq / state["exp_avg_lr_2"]).sqrt_().add_(eps)
         exp_avg.mul_(beta1).addcdiv_(grad, denom, value=(1 - beta1) * lr)
-        update = cautious(exp_avg, grad, caution_norm, counts) if caution else exp_avg
-        param.add_(update, alpha=-1 / bias_correction1)
+        add_update(param, exp_avg, grad, -1 / bias_correction1, caution, caution_norm, counts)
 
 
 class LaProp(_AdaptiveBase):

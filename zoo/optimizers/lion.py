@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..caution import caution as cautious
+from ..caution import add_update
 from .base import ZooOptimizer, as_float, check_betas, check_range
 
 __all__ = ["Lion", "Signum", "lion"]
@@ -29,9 +29,7 @@ def lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, l
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay)
         update = exp_avg.lerp(grad, 1 - beta1).sign_()
-        if caution:
-            update = cautious(update, grad, caution_norm, counts)
-        param.add_(update, alpha=-lr)
+        add_update(param, update, grad, -lr, caution, caution_norm, counts)
         exp_avg.lerp_(grad, 1 - beta2)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..caution import caution as cautious
+from ..caution import add_update
 from .base import ZooOptimizer, as_float, check_bool, check_range
 
 __all__ = ["SGD", "sgd"]
@@ -36,9 +36,7 @@ def sgd(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor
             else:
                 buf.mul_(momentum).add_(grad, alpha=1 - dampening)
             update = grad.add(buf, alpha=momentum) if nesterov else buf
-        if caution:
-            update = cautious(update, grad, caution_norm, counts)
-        param.add_(update, alpha=-lr)
+        add_update(param, update, grad, -lr, caution, caution_norm, counts)
 
 
 class SGD(ZooOptimizer):
