@@ -181,3 +181,15 @@ def test_deepcopy_of_an_optimizer_continues_identically():
     run(opt, loss, 2)
     state = copy.deepcopy(opt.state_dict())
     assert state["param_groups"][0]["caution"] is True
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if "foreach" in zoo.info(n).defaults])
+def test_foreach_path_matches_the_for_loop(name):
+    results = []
+    for foreach in (False, True):
+        params, loss = least_squares()
+        opt = build(name, params, foreach=foreach, weight_decay=0.1)
+        run(opt, loss, 10)
+        results.append([p.detach() for p in params])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)   # float32 round-off

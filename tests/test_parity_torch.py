@@ -33,6 +33,14 @@ def test_matches_torch_optim(float64, name, ours, torch_name, theirs, maximize):
     assert_trajectories_equal(a, b)
 
 
+@pytest.mark.parametrize("name,torch_name", [("adam", "Adam"), ("adamw", "AdamW")])
+def test_foreach_matches_torch_foreach(float64, name, torch_name):
+    hp = dict(betas=(0.8, 0.95), weight_decay=0.05, foreach=True)
+    a = trajectory(lambda p: zoo.get(name)(two_groups(p, LR), **hp))
+    b = trajectory(lambda p: getattr(torch.optim, torch_name)(two_groups(p, LR), **hp))
+    assert_trajectories_equal(a, b)
+
+
 @pytest.mark.parametrize("adjust_lr_fn", [None, "match_rms_adamw"])
 @pytest.mark.parametrize("maximize", [False, True])
 def test_muon_matches_torch_muon(float64, adjust_lr_fn, maximize):

@@ -79,7 +79,7 @@ def test_cautious_sgdm_beats_sgdm_on_the_quadratic():
     _, cautious = toys.trajectory("c-sgdm", toys.quadratic, (1.0, 1.0), 60, lr=0.05, momentum=0.9)
     _, plain = toys.trajectory("sgdm", toys.quadratic, (1.0, 1.0), 60, lr=0.05, momentum=0.9)
     assert np.diff(plain).max() > 0.1                       # a visible overshoot
-    assert np.diff(cautious).max() < np.diff(plain).max() * 1e-3
+    assert np.diff(cautious).max() < np.diff(plain).max() * 1e-2
     assert cautious[-1] < 1e-3 * plain[-1]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from ..caution import caution as cautious
@@ -30,8 +31,13 @@ __all__ = ["Adam", "AdamW", "NAdamW", "adam", "nadamw"]
 
 def adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
          steps: list[int], *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-         decoupled: bool, caution: bool = False, caution_norm="mean", counts=None) -> None:
+         decoupled: bool, caution: bool = False, caution_norm="mean", counts=None,
+         foreach: bool = False) -> None:
     """Functional core of Adam (``decoupled=False``) and AdamW (``decoupled=True``)."""
+    if foreach:
+        return _adam_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1,
+                             beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+                             caution=caution, caution_norm=caution_norm, counts=counts)
     for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
         if weight_decay != 0:
             if decoupled:
@@ -43,6 +49,25 @@ def adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
         numer = cautious(exp_avg, grad, caution_norm, counts) if caution else exp_avg
         param.addcdiv_(numer, denom, value=-lr / (1 - beta1**step))
+
+
+def _adam_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay,
+                  decoupled, caution, caution_norm, counts) -> None:
+    """The same step with torch._foreach_* kernels over the whole list (one launch per op)."""
+    if weight_decay != 0:
+        if decoupled:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+        else:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, [math.sqrt(1 - beta2**step) for step in steps])
+    torch._foreach_add_(denom, eps)
+    numer = ([cautious(m, g, caution_norm, counts) for m, g in zip(exp_avgs, grads)]
+             if caution else exp_avgs)
+    torch._foreach_addcdiv_(params, numer, denom, [-lr / (1 - beta1**step) for step in steps])
 
 
 def nadamw(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -88,8 +113,9 @@ class Adam(_AdaptiveBase):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean"):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+                 foreach: bool | None = None, caution: bool = False, caution_norm="mean"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach)
         super().__init__(params, defaults, caution, caution_norm)
 
     def _update_group(self, group, params):
@@ -98,7 +124,8 @@ class Adam(_AdaptiveBase):
         adam(params, self._grads(group, params), [s["exp_avg"] for s in states],
              [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
              lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-             weight_decay=group["weight_decay"], decoupled=self.decoupled, **self._caution_args(group))
+             weight_decay=group["weight_decay"], decoupled=self.decoupled,
+             foreach=self._foreach(group, params), **self._caution_args(group))
 
 
 class AdamW(Adam):
@@ -108,9 +135,9 @@ class AdamW(Adam):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean"):
-        super().__init__(params, lr, betas, eps, weight_decay, maximize=maximize, caution=caution,
-                         caution_norm=caution_norm)
+                 foreach: bool | None = None, caution: bool = False, caution_norm="mean"):
+        super().__init__(params, lr, betas, eps, weight_decay, maximize=maximize, foreach=foreach,
+                         caution=caution, caution_norm=caution_norm)
 
 
 class NAdamW(_AdaptiveBase):

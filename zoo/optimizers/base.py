@@ -67,6 +67,8 @@ class ZooOptimizer(Optimizer):
         check_range("lr", group["lr"])
         check_range("weight_decay", group["weight_decay"])
         check_bool("maximize", group["maximize"])
+        if "foreach" in group and group["foreach"] is not None:
+            check_bool("foreach", group["foreach"])
         check_bool("caution", group["caution"])
         check_norm(group["caution_norm"])
         self._validate(group)
@@ -121,6 +123,13 @@ class ZooOptimizer(Optimizer):
             state["step"] += 1
             states.append(state)
         return states
+
+    @staticmethod
+    def _foreach(group: dict, params: list[Tensor]) -> bool:
+        """Whether to use the multi-tensor path: as asked, or by default on CUDA (as torch.optim)."""
+        if group["foreach"] is None:
+            return all(p.is_cuda for p in params)
+        return group["foreach"]
 
     def _grads(self, group: dict, params: list[Tensor]) -> list[Tensor]:
         """The gradients of ``params``, negated when the group maximizes."""

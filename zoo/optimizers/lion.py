@@ -13,9 +13,10 @@ with the same decoupled weight decay. The cautious twins mask ``u`` against ``g`
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ..caution import add_update
+from ..caution import add_update, caution_mask
 from .base import ZooOptimizer, as_float, check_betas, check_range
 
 __all__ = ["Lion", "Signum", "lion"]
@@ -23,8 +24,20 @@ __all__ = ["Lion", "Signum", "lion"]
 
 def lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: float,
          beta1: float, beta2: float, weight_decay: float, caution: bool = False,
-         caution_norm="mean", counts=None) -> None:
+         caution_norm="mean", counts=None, foreach: bool = False) -> None:
     """Functional core of Lion (and of Signum with ``beta1 == beta2``)."""
+    if foreach:
+        if weight_decay != 0:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+        updates = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+        torch._foreach_sign_(updates)
+        if caution:
+            masks = [caution_mask(u, g, caution_norm, counts) for u, g in zip(updates, grads)]
+            torch._foreach_addcmul_(params, masks, updates, -lr)
+        else:
+            torch._foreach_add_(params, updates, alpha=-lr)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
+        return
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay)
@@ -37,9 +50,10 @@ class Lion(ZooOptimizer):
     """Lion: the sign of an interpolated momentum, decoupled weight decay."""
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False, caution: bool = False,
-                 caution_norm="mean"):
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+                 weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
+                 caution: bool = False, caution_norm="mean"):
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach)
         super().__init__(params, defaults, caution, caution_norm)
 
     def _validate(self, group):
@@ -55,15 +69,18 @@ class Lion(ZooOptimizer):
         beta1, beta2 = group["betas"]
         lion(params, self._grads(group, params), [s["exp_avg"] for s in states],
              lr=as_float(group["lr"]), beta1=beta1, beta2=beta2,
-             weight_decay=group["weight_decay"], **self._caution_args(group))
+             weight_decay=group["weight_decay"], foreach=self._foreach(group, params),
+             **self._caution_args(group))
 
 
 class Signum(ZooOptimizer):
     """Signum: the sign of an exponential moving average of gradients, decoupled weight decay."""
 
     def __init__(self, params, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 0.0, *,
-                 maximize: bool = False, caution: bool = False, caution_norm="mean"):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize)
+                 maximize: bool = False, foreach: bool | None = None, caution: bool = False,
+                 caution_norm="mean"):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach)
         super().__init__(params, defaults, caution, caution_norm)
 
     def _validate(self, group):
@@ -78,4 +95,5 @@ class Signum(ZooOptimizer):
         states = self._states(params, "exp_avg")
         lion(params, self._grads(group, params), [s["exp_avg"] for s in states],
              lr=as_float(group["lr"]), beta1=group["momentum"], beta2=group["momentum"],
-             weight_decay=group["weight_decay"], **self._caution_args(group))
+             weight_decay=group["weight_decay"], foreach=self._foreach(group, params),
+             **self._caution_args(group))
