@@ -132,3 +132,12 @@ def test_readme_lists_exactly_the_registry():
     listed = re.findall(r"^\| `([^`]+)` \|", block.group(1), re.M)
     assert listed == zoo.names()
     assert block.group(1).strip() == markdown_table()   # regenerate with: python -m zoo
+
+
+def test_import_zoo_pulls_in_no_analysis_libraries():
+    import subprocess
+    import sys
+    code = ("import sys, zoo; heavy = {'pandas', 'scipy', 'sympy', 'matplotlib', 'seaborn'} & set(sys.modules);"
+            "print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
