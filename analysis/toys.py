@@ -125,8 +125,7 @@ def cautious_twin(name: str) -> str:
     """The registered cautious twin of the plain optimizer ``name`` (``"sgdm"`` -> ``"c-sgdm"``).
 
     Raises ``KeyError`` when ``name`` is itself cautious or has no twin."""
-    plain = zoo.info(name).name
-    twins = [n for n in zoo.names(cautious=True) if zoo.info(n).base == plain]
+    twins = zoo.names(base=name)
     if not twins:
         raise KeyError(f"{name!r} has no registered cautious twin")
     return twins[0]

@@ -35,6 +35,7 @@ def test_names_are_sorted_and_filtered():
     assert cautious and all(n.startswith("c-") for n in cautious)
     assert set(cautious) | set(zoo.names(cautious=False)) == set(all_names)
     assert zoo.names(family="lion") == ["c-lion", "lion"]
+    assert zoo.names(base="Lion") == ["c-lion"] and zoo.names(base="c-lion") == []
     assert zoo.names(low_rank=True) == [n for n in all_names if zoo.info(n).low_rank]
 
 

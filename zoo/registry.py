@@ -136,12 +136,15 @@ def get(name: str) -> Callable[..., Optimizer]:
 
 
 def names(*, cautious: bool | None = None, family: str | None = None,
-          low_rank: bool | None = None) -> list[str]:
-    """Canonical names, sorted, optionally filtered by ``cautious``, ``family``, ``low_rank``."""
+          low_rank: bool | None = None, base: str | None = None) -> list[str]:
+    """Canonical names, sorted, optionally filtered by ``cautious``, ``family``, ``low_rank`` and
+    ``base`` (``names(base="lion") == ["c-lion"]``: the cautious twins of an optimizer)."""
+    base = None if base is None else _canonical(base)
     return sorted(n for n, rec in _REGISTRY.items()
                   if (cautious is None or rec.cautious == cautious)
                   and (family is None or rec.family == family)
-                  and (low_rank is None or rec.low_rank == low_rank))
+                  and (low_rank is None or rec.low_rank == low_rank)
+                  and (base is None or rec.base == base))
 
 
 def markdown_table() -> str:
