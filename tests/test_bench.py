@@ -9,4 +9,4 @@ def test_step_benchmark_tiny(capsys):
     assert (table["ms/step"] > 0).all()
     assert (table["moved MB"] > 0).all()
     out = capsys.readouterr().out
-    assert "copy bandwidth" in out and "c-adamw <= 1.10x adamw" in out
+    assert "roofline" in out and "c-adamw <= 1.10x adamw" in out

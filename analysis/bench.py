@@ -1,0 +1,175 @@
+"""Benchmarks of the zoo's optimizers on this machine: ``python -m analysis.bench <command>``.
+
+``step``: the time of one ``optimizer.step()``, against ``torch.optim.AdamW`` and the memory roofline::
+
+    python -m analysis.bench step                        # every zoo optimizer, a few minutes on 2 cores
+    python -m analysis.bench step --only adamw,c-adamw --rounds 3 --csv step.csv
+
+Workload: ``--count`` fp32 matrices of ``--shape`` (default 12 of 512x2048), parameters and
+gradients drawn once (seed 0); every step reuses the same gradients. Each zoo optimizer, built with
+``zoo.get(name)(params, lr=1e-4)`` (so with its own defaults otherwise, e.g. Muon's weight decay), and
+the baselines ``torch.optim.AdamW(foreach=False)`` / ``(foreach=True)`` get their own copy of
+parameters and gradients. All are built and stepped once (state allocated, allocator warm) before
+any timing, so every state is resident while the others run.
+
+Timing is interleaved in one process, so that drift (other processes, frequency) hits all alike: in
+each of ``--rounds`` rounds the optimizers go in a fresh random order, each doing ``--warmup``
+untimed steps and then ``--steps`` steps timed with ``time.perf_counter``. The table reports the
+median over rounds of the time per step, and its ratio to the faster torch AdamW and to each.
+
+Roofline: one step must at least read parameters, gradients and every state tensor and write back
+parameters and state, so ``moved = 2 * param bytes + grad bytes + 2 * state bytes``, the state
+counted from the tensors in ``optimizer.state`` after a step. The machine's bandwidth is measured
+in the same process and the same rounds (as more entries of the shuffled order) on a ``--copy-mb``
+MiB fp32 pair: ``dst.copy_(src)`` moving 2 * nbytes and the in-place ``dst.add_(src)`` moving
+3 * nbytes. The copy is printed but usually the lower: its destination is written without being
+read, which costs the CPU an extra read (write-allocate), while an optimizer's in-place updates
+write only what they read, like ``add_``. The roofline is the larger of the two, and
+``% roofline = moved / time / roofline``. Compute-bound updates (Muon's Newton-Schulz iteration)
+score low on it by nature.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import zoo
+
+BASELINES = {"torch-adamw-forloop": False, "torch-adamw-foreach": True}  # name -> foreach
+LR = 1e-4
+
+
+def bandwidth_kernels(megabytes: int) -> dict:
+    """Streaming kernels on fp32 tensors of ``megabytes`` MiB, each with the bytes it must move:
+    ``copy`` (``dst.copy_(src)``: read + write) and ``add`` (``dst.add_(src)``: 2 reads + write)."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = src.clone()
+    return {"copy": (lambda: dst.copy_(src), 2 * src.nbytes), "add": (lambda: dst.add_(src), 3 * src.nbytes)}
+
+
+def build(name: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over its own copies of ``params`` and ``grads``, stepped once."""
+    params = [p.clone() for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    if name in BASELINES:
+        opt = torch.optim.AdamW(params, lr=LR, foreach=BASELINES[name])
+    else:
+        opt = zoo.get(name)(params, lr=LR)
+    opt.step()
+    return opt
+
+
+def bytes_moved(opt: torch.optim.Optimizer) -> int:
+    """The least memory traffic of one step: params read and written, grads read, state read and written."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    state = sum(v.nbytes for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    return sum(2 * p.nbytes + p.grad.nbytes for p in params) + 2 * state
+
+
+def seconds_per_call(fn, warmup: int, steps: int) -> float:
+    """Mean seconds of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def step_table(names: list[str], shape: tuple[int, ...], count: int, rounds: int, warmup: int,
+               steps: int, copy_mb: int, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """One row per optimizer (``names`` plus the torch baselines), indexed and sorted by name, and
+    the bandwidth (bytes/s) of each of :func:`bandwidth_kernels`, timed in the same rounds."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(shape, generator=gen) for _ in range(count)]
+    grads = [torch.randn(shape, generator=gen) for _ in range(count)]
+    opts = {name: build(name, params, grads) for name in tqdm([*names, *BASELINES], desc="build")}
+    streams = bandwidth_kernels(copy_mb)
+    kernels = {name: fn for name, (fn, _) in streams.items()} | {name: opt.step for name, opt in opts.items()}
+    times: dict[str, list[float]] = {name: [] for name in kernels}
+    order = list(kernels)
+    shuffle = random.Random(seed).shuffle
+    for _ in tqdm(range(rounds), desc="rounds"):
+        shuffle(order)
+        for name in order:
+            times[name].append(seconds_per_call(kernels[name], warmup, steps))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    bandwidths = {name: moved / median[name] for name, (_, moved) in streams.items()}
+    roofline = max(bandwidths.values())
+    loop, foreach = (median[name] for name in BASELINES)
+    rows = []
+    for name, opt in opts.items():
+        sec, moved = median[name], bytes_moved(opt)
+        rows.append({"optimizer": name, "ms/step": 1e3 * sec, "x fastest torch": sec / min(loop, foreach),
+                     "x torch loop": sec / loop, "x torch foreach": sec / foreach,
+                     "state MB": zoo.state_bytes(opt) / 1e6, "moved MB": moved / 1e6,
+                     "GB/s": moved / sec / 1e9, "% roofline": 100 * moved / sec / roofline})
+    return pd.DataFrame(rows).set_index("optimizer").sort_index(), bandwidths
+
+
+def target_checks(table: pd.DataFrame) -> list[str]:
+    """The speed targets, one line each (skipped when an optimizer was not measured)."""
+    ms = table["ms/step"]
+    fastest_torch = ms[list(BASELINES)].min()
+    lines = []
+    for name, limit, ref_name, ref in [("adamw", 1.0, "faster torch AdamW", fastest_torch),
+                                       ("c-adamw", 1.1, "adamw", ms.get("adamw")),
+                                       ("c-lion", 1.1, "lion", ms.get("lion"))]:
+        if name in ms and ref is not None:
+            ratio = ms[name] / ref
+            verdict = "OK" if ratio <= limit else "MISS"
+            lines.append(f"{name} <= {limit:.2f}x {ref_name}: {ratio:.2f}x {verdict}")
+    if "adamw" in ms:
+        percent = table.loc["adamw", "% roofline"]
+        lines.append(f"adamw >= 60% of roofline: {percent:.0f}% {'OK' if percent >= 60 else 'MISS'}")
+    return lines
+
+
+def step_command(args: argparse.Namespace) -> pd.DataFrame:
+    names = [zoo.info(n).name for n in args.only.split(",")] if args.only else zoo.names()
+    table, bandwidths = step_table(names, args.shape, args.count, args.rounds, args.warmup, args.steps,
+                                   args.copy_mb)
+    shape = "x".join(map(str, args.shape))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.count} x {shape} fp32, "
+          f"{args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), lr={LR}")
+    copy, add = bandwidths["copy"] / 1e9, bandwidths["add"] / 1e9
+    print(f"copy bandwidth: {copy:.1f} GB/s (dst.copy_(src), 2 x nbytes, {args.copy_mb} MiB fp32, same rounds)")
+    print(f"add bandwidth:  {add:.1f} GB/s (dst.add_(src), 3 x nbytes); roofline = {max(copy, add):.1f} GB/s\n")
+    print(table.to_string(float_format=lambda x: f"{x:.2f}"))
+    print("\n" + "\n".join(target_checks(table)))
+    if args.csv:
+        table.to_csv(args.csv)
+    return table
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.lower().split("x"))
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    step = commands.add_parser("step", help="time optimizer.step() against torch AdamW and the roofline")
+    step.add_argument("--shape", type=parse_shape, default=(512, 2048), help="parameter shape, e.g. 512x2048")
+    step.add_argument("--count", type=int, default=12, help="number of parameter tensors")
+    step.add_argument("--only", help="comma-separated zoo names (default: all of zoo.names())")
+    step.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is reported")
+    step.add_argument("--steps", type=int, default=10, help="timed steps per optimizer per round")
+    step.add_argument("--warmup", type=int, default=1, help="untimed steps before each timing")
+    step.add_argument("--copy-mb", type=int, default=256, help="MiB per tensor of the bandwidth kernels")
+    step.add_argument("--csv", help="also save the table to this CSV file")
+    step.set_defaults(run=step_command)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    main()
