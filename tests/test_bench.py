@@ -5,7 +5,7 @@ from analysis import bench
 def test_step_benchmark_tiny(capsys):
     table = bench.main(["step", "--shape", "8x16", "--count", "2", "--rounds", "1", "--steps", "1",
                         "--only", "adamw,c-adamw", "--copy-mb", "4"])
-    assert sorted(table.index) == sorted(["adamw", "c-adamw", *bench.BASELINES])
+    assert sorted(table.index) == sorted(["adamw", "c-adamw", "adamw-fused", *bench.BASELINES])
     assert (table["ms/step"] > 0).all()
     assert (table["moved MB"] > 0).all()
     out = capsys.readouterr().out

@@ -130,7 +130,7 @@ INVALID = {
     "adamw_betas": (0.9, -0.1), "eps": -1e-8, "adamw_eps": -1.0, "momentum_decay": -1.0,
     "beta2_decay": 0.5, "d": 0.5, "beta1": 1.0, "clip_exp": -1.0, "ns_steps": -1,
     "adjust_lr_fn": "sqrt", "caution_norm": "median", "maximize": "yes", "nesterov": "no",
-    "decoupled": "no", "use_muon": "auto", "adamw_lr_ratio": -1.0, "ns_dtype": torch.int32,
+    "decoupled": "no", "use_muon": "auto", "fused": "yes", "foreach": "yes", "adamw_lr_ratio": -1.0, "ns_dtype": torch.int32,
 }
 
 
@@ -164,6 +164,14 @@ def test_caution_that_cannot_act_is_an_error():
         zoo.get("c-sgdm")(params, momentum=0.0)
     with pytest.raises(ValueError, match="betas"):
         zoo.get("c-lion")(params, betas=(0.0, 0.99))
+
+
+def test_fused_refuses_caution_and_foreach():
+    params, _ = least_squares()
+    with pytest.raises(ValueError, match="fused"):
+        zoo.get("c-adamw")(params, fused=True)
+    with pytest.raises(ValueError, match="fused"):
+        zoo.get("adamw")(params, fused=True, foreach=True)
 
 
 def test_lr_may_be_a_tensor():

@@ -41,6 +41,18 @@ def test_foreach_matches_torch_foreach(float64, name, torch_name):
     assert_trajectories_equal(a, b)
 
 
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("name,torch_name", [("adam", "Adam"), ("adamw", "AdamW")])
+def test_fused_matches_torch_fused(float64, name, torch_name, maximize):
+    hp = dict(betas=(0.8, 0.95), weight_decay=0.05, fused=True, maximize=maximize)
+    sign = -1.0 if maximize else 1.0
+    a = trajectory(lambda p: zoo.get(name)(two_groups(p, LR), **hp), sign=sign)
+    b = trajectory(lambda p: getattr(torch.optim, torch_name)(two_groups(p, LR), **hp), sign=sign)
+    assert_trajectories_equal(a, b)
+    c = trajectory(lambda p: zoo.get(name)(two_groups(p, LR), **{**hp, "fused": False}), sign=sign)
+    assert_trajectories_equal(a, c)
+
+
 @pytest.mark.parametrize("adjust_lr_fn", [None, "match_rms_adamw"])
 @pytest.mark.parametrize("maximize", [False, True])
 def test_muon_matches_torch_muon(float64, adjust_lr_fn, maximize):

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..caution import caution as cautious
-from .base import ZooOptimizer, as_float, check_betas, check_range
+from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
 
 __all__ = ["Adam", "AdamW", "NAdamW", "adam", "nadamw"]
 
@@ -32,8 +32,13 @@ __all__ = ["Adam", "AdamW", "NAdamW", "adam", "nadamw"]
 def adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
          steps: list[int], *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
          decoupled: bool, caution: bool = False, caution_norm="mean", counts=None,
-         foreach: bool = False) -> None:
+         foreach: bool = False, fused: bool = False) -> None:
     """Functional core of Adam (``decoupled=False``) and AdamW (``decoupled=True``)."""
+    if fused:
+        if caution:
+            raise ValueError("fused=True has no cautious kernel; use foreach or the for-loop")
+        return _adam_fused(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1,
+                           beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
     if foreach:
         return _adam_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1,
                              beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
@@ -46,7 +51,7 @@ def adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_
                 grad = grad.add(param, alpha=weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+        denom = exp_avg_sq.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
         numer = cautious(exp_avg, grad, caution_norm, counts) if caution else exp_avg
         param.addcdiv_(numer, denom, value=-lr / (1 - beta1**step))
 
@@ -70,6 +75,21 @@ def _adam_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, bet
     torch._foreach_addcdiv_(params, numer, denom, [-lr / (1 - beta1**step) for step in steps])
 
 
+def _adam_fused(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay,
+                decoupled) -> None:
+    """The same step (not cautious) by torch's fused kernel, one call per device and dtype."""
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    buckets: dict = {}
+    for i, p in enumerate(params):
+        buckets.setdefault((p.device, p.dtype), []).append(i)
+    for (device, _), idx in buckets.items():
+        kernel([params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+               [exp_avg_sqs[i] for i in idx], [],
+               [torch.tensor(float(steps[i]), device=device) for i in idx], amsgrad=False, lr=lr,
+               beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=False,
+               grad_scale=None, found_inf=None)
+
+
 def nadamw(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
            mu_products: list[float], steps: list[int], *, lr: float, beta1: float, beta2: float,
            eps: float, weight_decay: float, momentum_decay: float, caution: bool = False,
@@ -86,7 +106,7 @@ def nadamw(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], ex
         new_products.append(mu_product)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = exp_avg_sq.div(1 - beta2**step).sqrt().add_(eps)
+        denom = exp_avg_sq.div(1 - beta2**step).sqrt_().add_(eps)
         grad_coef = (1.0 - mu) / (1.0 - mu_product)
         avg_coef = mu_next / (1.0 - mu_product * mu_next)
         if caution:
@@ -113,10 +133,20 @@ class Adam(_AdaptiveBase):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
-                 foreach: bool | None = None, caution: bool = False, caution_norm="mean"):
+                 foreach: bool | None = None, fused: bool = False, caution: bool = False,
+                 caution_norm="mean"):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach)
+                        foreach=foreach, fused=fused)
         super().__init__(params, defaults, caution, caution_norm)
+
+    def _validate(self, group):
+        super()._validate(group)
+        check_bool("fused", group["fused"])
+        if group["fused"] and group["foreach"]:
+            raise ValueError("Invalid fused: fused=True and foreach=True cannot both be set")
+        if group["fused"] and group["caution"]:
+            raise ValueError("Invalid fused: torch's fused Adam kernel has no cautious mask; "
+                             "use fused=False (foreach or the for-loop)")
 
     def _update_group(self, group, params):
         states = self._states(params, "exp_avg", "exp_avg_sq")
@@ -125,7 +155,7 @@ class Adam(_AdaptiveBase):
              [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
              lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
              weight_decay=group["weight_decay"], decoupled=self.decoupled,
-             foreach=self._foreach(group, params), **self._caution_args(group))
+             foreach=self._foreach(group, params), fused=group["fused"], **self._caution_args(group))
 
 
 class AdamW(Adam):
@@ -135,9 +165,10 @@ class AdamW(Adam):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
-                 foreach: bool | None = None, caution: bool = False, caution_norm="mean"):
+                 foreach: bool | None = None, fused: bool = False, caution: bool = False,
+                 caution_norm="mean"):
         super().__init__(params, lr, betas, eps, weight_decay, maximize=maximize, foreach=foreach,
-                         caution=caution, caution_norm=caution_norm)
+                         fused=fused, caution=caution, caution_norm=caution_norm)
 
 
 class NAdamW(_AdaptiveBase):
