@@ -13,6 +13,7 @@ import torch
 
 import zoo
 from conftest import assert_trajectories_equal, loss_fn, make_params, trajectory
+from test_lowrank import ref_lowrank
 
 NORMS = ["mean", "paper", 0.1]
 STEPS = 25
@@ -144,6 +145,12 @@ def ref_muon(p, g, s, t, hp, norm):
     return p - lr * math.sqrt(max(1, p.shape[0] / p.shape[1])) * o
 
 
+def lowrank_reference(method):
+    def reference(p, g, s, t, hp, norm):
+        return ref_lowrank(p, g, s, t, hp, lambda u, g_: phi(u, g_, norm), method)
+    return reference
+
+
 # name: (reference, hyper-parameters)
 TWINS = {
     "c-sgdm": (ref_sgd, dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.02)),
@@ -156,6 +163,10 @@ TWINS = {
     "c-adafactor": (ref_adafactor, dict(lr=0.05, beta1=0.9, weight_decay=0.1)),
     "c-laprop": (ref_laprop, dict(lr=0.01, betas=(0.8, 0.95), eps=1e-15, weight_decay=0.1)),
     "c-adopt": (ref_adopt, dict(lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.02)),
+    "c-galore": (lowrank_reference("galore"), dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
+                                                   rank=2, update_proj_gap=4, scale=0.25)),
+    "c-fira": (lowrank_reference("fira"), dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
+                                               rank=2, update_proj_gap=4, scale=1.0, norm_growth_limit=1.01)),
     "c-muon": (ref_muon, dict(lr=0.02, momentum=0.9, weight_decay=0.1, adamw_betas=(0.9, 0.95),
                               ns_dtype=torch.float64)),
 }

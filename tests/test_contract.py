@@ -130,6 +130,8 @@ INVALID = {
     "adamw_betas": (0.9, -0.1), "eps": -1e-8, "adamw_eps": -1.0, "momentum_decay": -1.0,
     "beta2_decay": 0.5, "d": 0.5, "beta1": 1.0, "clip_exp": -1.0, "ns_steps": -1,
     "adjust_lr_fn": "sqrt", "caution_norm": "median", "maximize": "yes", "nesterov": "no",
+    "rank": 0, "update_proj_gap": 0, "scale": 0.0, "scale_type": "row", "proj": "qr",
+    "norm_growth_limit": 0.5, "store_projection": "no", "seed": -1,
     "decoupled": "no", "use_muon": "auto", "fused": "yes", "foreach": "yes", "adamw_lr_ratio": -1.0, "ns_dtype": torch.int32,
 }
 

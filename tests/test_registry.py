@@ -42,10 +42,21 @@ def test_names_are_sorted_and_filtered():
 def test_every_base_with_momentum_has_a_cautious_twin_of_the_same_class():
     for name in zoo.names(cautious=False):
         rec = zoo.info(name)
-        if rec.has_momentum:
+        if getattr(rec.cls, "caution_refusal", None):   # refused, with the reason
+            with pytest.raises(KeyError, match="never act"):
+                zoo.get(f"c-{name}")
+            with pytest.raises(ValueError, match="never act"):
+                zoo.get(name)([torch.zeros(2, 2, requires_grad=True)], caution=True)
+        elif rec.has_momentum:
             twin = zoo.info(f"c-{name}")
             assert twin.cls is rec.cls and twin.base == name and twin.cautious
             assert twin.defaults["caution"] is True
+
+
+def test_cautious_apollo_is_refused_with_the_reason():
+    for spelling in ("c-apollo", "C_Apollo_Mini", "c-apollo-svd"):
+        with pytest.raises(KeyError, match="positive"):
+            zoo.get(spelling)
 
 
 def test_info_is_frozen_and_complete():

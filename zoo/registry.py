@@ -118,6 +118,13 @@ def _canonical(name: str) -> str:
     key = normalize(name)
     if key in _KEYS:
         return _KEYS[key]
+    if key.startswith("c") and key[1:] in _KEYS:   # a cautious twin that cannot exist
+        base = _REGISTRY[_KEYS[key[1:]]]
+        reason = getattr(base.cls, "caution_refusal", None)
+        if reason:
+            raise UnknownOptimizerError(
+                f"there is no cautious {base.name!r} ({name!r}): {reason}, so its update always "
+                "agrees in sign with the gradient and the cautious mask would never act")
     candidates = sorted(set(_KEYS) | set(_REGISTRY))
     close = difflib.get_close_matches(key, candidates, n=5, cutoff=0.5)
     close = sorted({_KEYS.get(c, c) for c in close})

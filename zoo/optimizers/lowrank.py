@@ -1,0 +1,254 @@
+"""Low-rank AdamW family: APOLLO, APOLLO-Mini, APOLLO-SVD (Zhu et al. 2025), GaLore (Zhao et al.
+2024) and Fira (Chen et al. 2024), PAPERS.md §B. One functional core, three thin classes.
+
+For a 2-D weight W (m, n) with gradient G in a group with a ``rank``, step t (1, 2, ...)::
+
+    P   refreshed at t = 1, 1 + T, 1 + 2T, ... (T = update_proj_gap); moments are not reset
+        random: N(0, 1/r) drawn from the period's seed (kept in the state: the parameter's 1-based
+        index plus the group's ``seed`` at first, advanced at each refresh as the reference
+        code does); regenerated at every step, stored only with store_projection=True
+        svd: top-r singular vectors of the current G (stored)
+    R   = G Pᵀ (m >= n) or P G (m < n)                               (zoo.projection)
+    M  <- b1 M + (1 - b1) R;   V <- b2 V + (1 - b2) R²;   N = M / (sqrt(V) + eps)
+    APOLLO:  s_j = ||N_j|| / (||R_j|| + 1e-8) per channel j (or one s for the tensor)
+             U   = limit(G * s) * sqrt(scale)
+    GaLore:  U   = scale * back(N)                   back(N) = N P  or  Pᵀ N
+    Fira:    U   = scale * back(N) + (G - scale * back(R)) * s_j   (s_j as APOLLO, channel-wise;
+             the reference's residual, which is G - P Pᵀ G at the default scale 1)
+    limit (APOLLO, Fira; on G*s resp. the residual term; gamma = norm_growth_limit):
+             f = max(||U_t|| / (||U_{t-1}|| + 1e-8), gamma) / gamma;  U_t <- U_t / f
+             (the first step only records the norm)
+    W  <- W - lr * sqrt(1 - b2^t) / (1 - b1^t) * U        (cautious twins: U masked against G)
+    W  <- W - lr * wd * W                                  (decoupled, after the update)
+
+Parameters of a group without a rank, and parameters that are not 2-D, take the same step with
+R = G and U = N: AdamW in the reference's form (eps outside the bias correction, decay after).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..caution import add_update
+from ..projection import (channel_norm, effective_rank, gaussian, project, project_back,
+                          next_seed, rows_kept, top_singular)
+from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
+
+__all__ = ["Apollo", "GaLore", "Fira", "lowrank_adamw"]
+
+SCALE_EPS = 1e-8   # in every ratio of norms, as the reference
+
+
+def _norm_dtype(param: Tensor) -> torch.dtype:
+    """The limiter keeps its norm in at least float32."""
+    return torch.promote_types(param.dtype, torch.float32)
+
+
+def _projection(grad: Tensor, state: dict, step: int, group: dict) -> Tensor:
+    refresh = (step - 1) % group["update_proj_gap"] == 0
+    if group["proj"] == "svd":
+        if refresh:
+            state["projection"] = top_singular(grad, group["rank"])
+        return state["projection"]
+    if group["store_projection"] and not refresh:
+        return state["projection"]
+    if refresh and step > 1:   # a new period: advance the seed (the reference's sequence)
+        state["seed"].fill_(next_seed(int(state["seed"])))
+    proj = gaussian(grad.shape, group["rank"], int(state["seed"]), grad.device, grad.dtype)
+    if group["store_projection"]:
+        state["projection"] = proj
+    return proj
+
+
+def _limit(update: Tensor, state: dict, step: int, gamma: float | None) -> Tensor:
+    """The norm-growth limiter (in place on ``update``); the state keeps the limited norm."""
+    if gamma is None:
+        return update
+    norm = update.norm()
+    if step > 1:
+        factor = torch.clamp(norm / (state["update_norm"] + SCALE_EPS), min=gamma) / gamma
+        update.div_(factor)
+        norm = norm / factor
+    state["update_norm"].copy_(norm)
+    return update
+
+
+def _scaling(low: Tensor, proj_grad: Tensor, shape, channel: bool) -> Tensor:
+    """||N_j|| / (||R_j|| + 1e-8) per channel, or one factor for the whole tensor."""
+    if channel:
+        return channel_norm(low, shape) / (channel_norm(proj_grad, shape) + SCALE_EPS)
+    return low.norm() / (proj_grad.norm() + SCALE_EPS)
+
+
+def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict], group: dict, *,
+                  method: str, caution: bool = False, caution_norm="mean", counts=None) -> None:
+    """Functional core; ``method`` is "apollo", "galore" or "fira"; hyper-parameters from ``group``."""
+    lr, weight_decay = as_float(group["lr"]), group["weight_decay"]
+    beta1, beta2 = group["betas"]
+    for param, grad, state in zip(params, grads, states):
+        step = state["step"]
+        low_rank = group["rank"] is not None and param.dim() == 2
+        if low_rank:
+            proj = _projection(grad, state, step, group)
+            proj_grad = project(grad, proj)
+        else:
+            proj_grad = grad
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(proj_grad, alpha=1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(proj_grad, proj_grad, value=1 - beta2)
+        normed = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+        if not low_rank:
+            update = normed
+        elif method == "apollo":
+            scaling = _scaling(normed, proj_grad, grad.shape, group["scale_type"] == "channel")
+            update = _limit(grad * scaling, state, step, group["norm_growth_limit"])
+            update.mul_(math.sqrt(group["scale"]))
+        else:
+            update = project_back(normed, proj, grad.shape).mul_(group["scale"])
+            if method == "fira":
+                residual = grad - project_back(proj_grad, proj, grad.shape).mul_(group["scale"])
+                residual.mul_(_scaling(normed, proj_grad, grad.shape, channel=True))
+                update.add_(_limit(residual, state, step, group["norm_growth_limit"]))
+        step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        add_update(param, update, grad, -step_size, caution, caution_norm, counts)
+        if weight_decay != 0:
+            param.add_(param, alpha=-lr * weight_decay)
+
+
+class _LowRankAdamW(ZooOptimizer):
+    """Shared construction, validation, state and memory formula of the low-rank family."""
+
+    method = ""
+
+    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
+        super().__init__(params, defaults, caution, caution_norm)
+
+    def _validate(self, group):
+        check_betas("betas", group["betas"])
+        check_range("eps", group["eps"])
+        rank = group["rank"]
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+            raise ValueError(f"Invalid rank: {rank!r}; allowed an int >= 1, or None for AdamW")
+        gap = group["update_proj_gap"]
+        if not isinstance(gap, int) or isinstance(gap, bool) or gap < 1:
+            raise ValueError(f"Invalid update_proj_gap: {gap!r}; allowed an int >= 1")
+        check_range("scale", group["scale"], 0.0, low_open=True)
+        if group["scale_type"] not in ("channel", "tensor"):
+            raise ValueError(f"Invalid scale_type: {group['scale_type']!r}; allowed 'channel', 'tensor'")
+        if group["proj"] not in ("random", "svd"):
+            raise ValueError(f"Invalid proj: {group['proj']!r}; allowed 'random', 'svd'")
+        if group["norm_growth_limit"] is not None:
+            check_range("norm_growth_limit", group["norm_growth_limit"], 1.0)
+        check_bool("store_projection", group["store_projection"])
+        if not isinstance(group["seed"], int) or group["seed"] < 0:
+            raise ValueError(f"Invalid seed: {group['seed']!r}; allowed an int >= 0")
+
+    def _update_group(self, group, params):
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        states = []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                shape = p.shape
+                low_rank = group["rank"] is not None and p.dim() == 2
+                if low_rank:
+                    r = effective_rank(shape, group["rank"])
+                    shape = (shape[0], r) if rows_kept(shape) else (r, shape[1])
+                    if group["proj"] == "random":   # as the reference: the 1-based parameter index
+                        index = next(i for i, q in enumerate(all_params, start=1) if q is p)
+                        state["seed"] = torch.tensor(group["seed"] + index, dtype=torch.int64)
+                    if group["norm_growth_limit"] is not None and self.method != "galore":
+                        state["update_norm"] = torch.zeros((), dtype=_norm_dtype(p), device=p.device)
+                state["exp_avg"] = p.new_zeros(shape)
+                state["exp_avg_sq"] = p.new_zeros(shape)
+            state["step"] += 1
+            states.append(state)
+        lowrank_adamw(params, self._grads(group, params), states, group, method=self.method,
+                      **self._caution_args(group))
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for state in self.state.values():   # seeds stay on the CPU: reading them never syncs
+            if "seed" in state:
+                state["seed"] = state["seed"].cpu()
+
+    def expected_state_bytes(self, param: Tensor, group: dict) -> int:
+        """Bytes of this parameter's state after a step (PAPERS.md §B.2, Table 1)."""
+        size = param.element_size()
+        if group["rank"] is None or param.dim() != 2:
+            return 2 * param.numel() * size
+        rank = effective_rank(param.shape, group["rank"])
+        kept, compressed = max(param.shape), min(param.shape)
+        total = 2 * kept * rank * size                                   # M, V
+        if group["proj"] == "svd" or group["store_projection"]:
+            total += compressed * rank * size                            # P
+        if group["proj"] == "random":
+            total += 8                                                   # seed (int64)
+        if group["norm_growth_limit"] is not None and self.method != "galore":
+            total += _norm_dtype(param).itemsize                         # limiter norm
+        return total
+
+
+class Apollo(_LowRankAdamW):
+    """APOLLO: AdamW's element-wise scaling replaced by channel-wise (or tensor-wise) factors
+    estimated in a random rank-r space (Zhu et al. 2025). ``rank=1, scale_type="tensor",
+    scale=128`` is APOLLO-Mini; ``proj="svd"`` is APOLLO-SVD.
+
+    Caution is refused: the update is G times positive factors, so it always agrees in sign
+    with the gradient and the cautious mask would never act.
+    """
+
+    method = "apollo"
+    caution_refusal = "APOLLO's update is the gradient times positive channel- or tensor-wise factors"
+
+    def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 128,
+                 update_proj_gap: int = 200, scale: float = 1.0, scale_type: str = "channel",
+                 proj: str = "random", norm_growth_limit: float | None = 1.01,
+                 store_projection: bool = False, seed: int = 0, *, maximize: bool = False,
+                 caution: bool = False, caution_norm="mean"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
+                        update_proj_gap=update_proj_gap, scale=scale, scale_type=scale_type, proj=proj,
+                        norm_growth_limit=norm_growth_limit, store_projection=store_projection,
+                        seed=seed, maximize=maximize)
+        super().__init__(params, defaults, caution, caution_norm)
+
+    def _caution_noop_reason(self, group):
+        return self.caution_refusal
+
+
+class GaLore(_LowRankAdamW):
+    """GaLore: Adam in the span of the top-r singular vectors of the gradient, refreshed every
+    ``update_proj_gap`` steps, back-projected and scaled by ``scale`` (Zhao et al. 2024)."""
+
+    method = "galore"
+
+    def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 128,
+                 update_proj_gap: int = 200, scale: float = 0.25, *, maximize: bool = False,
+                 caution: bool = False, caution_norm="mean"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
+                        update_proj_gap=update_proj_gap, scale=scale, scale_type="channel", proj="svd",
+                        norm_growth_limit=None, store_projection=True, seed=0, maximize=maximize)
+        super().__init__(params, defaults, caution, caution_norm)
+
+
+class Fira(_LowRankAdamW):
+    """Fira: GaLore plus the residual G - back(R), scaled channel-wise by ||N_j|| / ||R_j|| and
+    passed through the norm-growth limiter (Chen et al. 2024)."""
+
+    method = "fira"
+
+    def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 128,
+                 update_proj_gap: int = 200, scale: float = 1.0,
+                 norm_growth_limit: float | None = 1.01, *, maximize: bool = False,
+                 caution: bool = False, caution_norm="mean"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
+                        update_proj_gap=update_proj_gap, scale=scale, scale_type="channel", proj="svd",
+                        norm_growth_limit=norm_growth_limit, store_projection=True, seed=0,
+                        maximize=maximize)
+        super().__init__(params, defaults, caution, caution_norm)
