@@ -153,3 +153,38 @@ def test_import_zoo_pulls_in_no_analysis_libraries():
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class TinyLM(nn.Module):
+    """Embedding, one block with attention and MLP linears, a head: named like LLaMA."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.attn = nn.ModuleDict({"q_proj": nn.Linear(16, 16, bias=False), "o_proj": nn.Linear(16, 16, bias=False)})
+        self.mlp = nn.ModuleDict({"up_proj": nn.Linear(16, 32), "down_proj": nn.Linear(32, 16)})
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 50, bias=False)
+
+
+def test_create_routes_attention_and_mlp_weights_to_low_rank():
+    opt = zoo.create(TinyLM(), "apollo-mini", lr=1e-2)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["low_rank"]["param_names"] == ["attn.q_proj.weight", "attn.o_proj.weight",
+                                                 "mlp.up_proj.weight", "mlp.down_proj.weight"]
+    assert groups["low_rank"]["rank"] == 1 and groups["decay"]["rank"] is None
+    assert groups["decay"]["param_names"] == ["head.weight"] and groups["no_decay"]["rank"] is None
+    text = zoo.describe(opt)
+    assert "low_rank: 4 tensors" in text and "mlp.down_proj.weight (16, 32)" in text
+
+
+def test_create_low_rank_filter_and_rank_override():
+    opt = zoo.create(TinyLM(), "galore", rank=4, low_rank_filter=lambda name, p: name == "head.weight")
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["low_rank"]["param_names"] == ["head.weight"] and groups["low_rank"]["rank"] == 4
+    with pytest.raises(ValueError, match="low-rank filter"):
+        zoo.create(TinyLM(), "apollo", low_rank_filter=lambda name, p: False)
+    with pytest.raises(ValueError, match="rank"):
+        zoo.create(TinyLM(), "apollo-mini", rank=4)   # rank 1 defines apollo-mini
+    with pytest.raises(ValueError, match="low-rank"):
+        zoo.create(TinyLM(), "adamw", low_rank_filter=lambda name, p: True)

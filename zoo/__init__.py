@@ -7,9 +7,10 @@
 """
 from . import optimizers  # noqa: F401  (registers the built-in optimizers)
 from .caution import caution
-from .factory import create, param_groups
-from .memory import state_bytes
+from .factory import create, describe, param_groups
+from .memory import expected_state_bytes, state_bytes
 from .registry import OptimizerInfo, UnknownOptimizerError, get, info, names, normalize, register
 
-__all__ = ["names", "get", "info", "create", "register", "state_bytes", "caution", "param_groups",
+__all__ = ["names", "get", "info", "create", "register", "state_bytes", "expected_state_bytes",
+           "caution", "param_groups", "describe",
            "OptimizerInfo", "UnknownOptimizerError", "normalize"]

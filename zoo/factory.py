@@ -1,25 +1,38 @@
-"""``zoo.create``: build a registered optimizer over a model with sensible parameter groups."""
+"""``zoo.create``: build a registered optimizer over a model with sensible parameter groups;
+``zoo.describe``: which parameters went where."""
 from __future__ import annotations
 
-from torch import nn
+from typing import Callable
+
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .registry import info
 
-__all__ = ["create", "param_groups"]
+__all__ = ["create", "param_groups", "describe", "default_low_rank_filter"]
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
           nn.modules.batchnorm._NormBase) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+_LOW_RANK_BLOCKS = ("attn", "attention", "mlp")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split ``model``'s trainable parameters into a decayed group (matrices and other weights of
-    rank >= 2) and a decay-free group (biases, norm weights, embeddings, any tensor of rank < 2).
+def default_low_rank_filter(name: str, param: Tensor) -> bool:
+    """The reference scripts' rule: a 2-D weight whose qualified name contains "attn",
+    "attention" or "mlp" (the q, k, v, o, gate, up, down linears of LLaMA)."""
+    return (name.endswith("weight") and param.dim() == 2
+            and any(block in name.lower() for block in _LOW_RANK_BLOCKS))
 
-    Each group carries ``"name"`` ("decay" / "no_decay") and ``"param_names"``; empty groups are
-    left out.
+
+def param_groups(model: nn.Module, weight_decay: float,
+                 low_rank_filter: Callable[[str, Tensor], bool] | None = None) -> list[dict]:
+    """Split ``model``'s trainable parameters into groups, each with ``"name"`` and
+    ``"param_names"`` (empty groups are left out):
+
+    - ``"low_rank"`` (only when ``low_rank_filter`` is given): the parameters it accepts, decayed;
+    - ``"decay"``: the other weights of rank >= 2;
+    - ``"no_decay"``: biases, norm weights, embeddings, any tensor of rank < 2 (weight decay 0).
     """
-    decay, no_decay = [], []
+    items: dict[str, list] = {"low_rank": [], "decay": [], "no_decay": []}
     seen = set()
     for module_name, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
@@ -27,32 +40,72 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 continue
             seen.add(id(p))
             full = f"{module_name}.{pname}" if module_name else pname
-            free = p.dim() < 2 or isinstance(module, (nn.Embedding, nn.EmbeddingBag) + _NORMS)
-            (no_decay if free else decay).append((full, p))
-    groups = [{"name": "decay", "weight_decay": weight_decay, "items": decay},
-              {"name": "no_decay", "weight_decay": 0.0, "items": no_decay}]
-    return [{"name": g["name"], "weight_decay": g["weight_decay"],
-             "params": [p for _, p in g["items"]], "param_names": [n for n, _ in g["items"]]}
-            for g in groups if g["items"]]
+            if low_rank_filter is not None and low_rank_filter(full, p):
+                kind = "low_rank"
+            elif p.dim() < 2 or isinstance(module, (nn.Embedding, nn.EmbeddingBag) + _NORMS):
+                kind = "no_decay"
+            else:
+                kind = "decay"
+            items[kind].append((full, p))
+    return [{"name": kind, "weight_decay": 0.0 if kind == "no_decay" else weight_decay,
+             "params": [p for _, p in pairs], "param_names": [n for n, _ in pairs]}
+            for kind, pairs in items.items() if pairs]
 
 
-def create(model_or_params, name: str, **hparams) -> Optimizer:
+def create(model_or_params, name: str, *, low_rank_filter=None, **hparams) -> Optimizer:
     """Build the optimizer ``name`` with ``hparams``.
 
-    Given an ``nn.Module``, the parameters are grouped by :func:`param_groups` (no weight decay
-    on biases, norms and embeddings). Muon-family optimizers also keep the decay-free group out
-    of orthogonalisation (``use_muon=False``: AdamW updates it). Given tensors or param-group
-    dicts, they are passed through unchanged.
+    Given an ``nn.Module``, the parameters are grouped by :func:`param_groups`: no weight decay
+    on biases, norms and embeddings. For a low-rank optimizer (``zoo.info(name).low_rank``) the
+    parameters accepted by ``low_rank_filter(name, param)`` (default
+    :func:`default_low_rank_filter`: attention and MLP linear weights) form the low-rank group,
+    with ``rank=`` if given; every other group has ``rank=None`` and is updated by AdamW.
+    Muon keeps the decay-free group out of orthogonalisation (``use_muon=False``). Given tensors
+    or param-group dicts, they are passed through unchanged.
     """
     rec = info(name)
+    rec.check_fixed(hparams)
     if not isinstance(model_or_params, nn.Module):
+        if low_rank_filter is not None:
+            raise ValueError("low_rank_filter needs an nn.Module (it selects parameters by name)")
         return rec.build(model_or_params, **hparams)
+    if low_rank_filter is not None and not rec.low_rank:
+        raise ValueError(f"low_rank_filter is for low-rank optimizers; {rec.name!r} is not one "
+                         f"(low-rank: {', '.join(_low_rank_names())})")
+    model = model_or_params
     weight_decay = hparams.pop("weight_decay", rec.defaults.get("weight_decay", 0.0))
-    groups = param_groups(model_or_params, weight_decay)
+    groups = param_groups(model, weight_decay,
+                          (low_rank_filter or default_low_rank_filter) if rec.low_rank else None)
     if not groups:
-        raise ValueError(f"model {type(model_or_params).__name__} has no trainable parameters")
+        raise ValueError(f"model {type(model).__name__} has no trainable parameters")
+    if rec.low_rank:
+        if not any(g["name"] == "low_rank" for g in groups):
+            raise ValueError(f"no parameter of {type(model).__name__} matched the low-rank filter, so "
+                             f"{rec.name!r} would be plain AdamW; pass low_rank_filter=(name, param) -> bool "
+                             "to choose the low-rank weights")
+        rank = {"rank": hparams.pop("rank")} if "rank" in hparams else {}
+        for group in groups:
+            group.update(rank if group["name"] == "low_rank" else {"rank": None})
     if "use_muon" in rec.defaults:
         for group in groups:
             if group["name"] == "no_decay":
                 group["use_muon"] = False
     return rec.build(groups, weight_decay=weight_decay, **hparams)
+
+
+def _low_rank_names() -> list[str]:
+    from .registry import names
+    return names(low_rank=True)
+
+
+def describe(optimizer: Optimizer) -> str:
+    """A text table of the optimizer's groups: name, size, the hyper-parameters that route
+    them (rank, use_muon, lr, weight_decay) and their parameters' names and shapes."""
+    lines = []
+    for i, group in enumerate(optimizer.param_groups):
+        names = group.get("param_names") or [f"param{j}" for j in range(len(group["params"]))]
+        numel = sum(p.numel() for p in group["params"])
+        keys = ", ".join(f"{k}={group[k]}" for k in ("rank", "use_muon", "lr", "weight_decay") if k in group)
+        lines.append(f"group {i} {group.get('name', '')!s}: {len(names)} tensors, {numel:,} values; {keys}")
+        lines += [f"    {n} {tuple(p.shape)}" for n, p in zip(names, group["params"])]
+    return "\n".join(lines)

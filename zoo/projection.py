@@ -43,6 +43,8 @@ def gaussian(shape, rank: int, seed: int, device, dtype) -> Tensor:
     (CPU and CUDA draw different, equally distributed, matrices). The draw order is the APOLLO
     reference's: an (r, n) matrix when rows are kept, an (m, r) one, transposed, otherwise."""
     r = effective_rank(shape, rank)
+    if torch.device(device).type == "meta":   # shapes only (memory accounting without memory)
+        return torch.empty(r, shape[1] if rows_kept(shape) else shape[0], device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
     draw_dtype = torch.promote_types(dtype, torch.float32)
     if rows_kept(shape):
@@ -60,7 +62,8 @@ def top_singular(grad: Tensor, rank: int) -> Tensor:
                                 full_matrices=False)
     r = effective_rank(grad.shape, rank)
     proj = vh[:r] if rows_kept(grad.shape) else u[:, :r].T
-    return proj.to(grad.dtype)
+    # a copy of its own: a view would keep the whole SVD's storage alive in the optimizer state
+    return proj.to(dtype=grad.dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def project(grad: Tensor, proj: Tensor) -> Tensor:

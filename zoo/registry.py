@@ -48,13 +48,17 @@ class OptimizerInfo:
     reference: str
     aliases: tuple = ()
 
-    def build(self, params, **hparams) -> Optimizer:
-        """Construct the optimizer over ``params`` (tensors or param-group dicts)."""
+    def check_fixed(self, hparams: Mapping) -> None:
+        """Raise ``ValueError`` if ``hparams`` contradict the arguments that define this name."""
         clash = {k: v for k, v in hparams.items() if k in self.fixed and v != self.fixed[k]}
         if clash:
             raise ValueError(
                 f"{self.name!r} is defined by {dict(self.fixed)}; it cannot be built with {clash}"
                 + (f" (use {self.base!r} for the non-cautious optimizer)" if "caution" in clash and self.base else ""))
+
+    def build(self, params, **hparams) -> Optimizer:
+        """Construct the optimizer over ``params`` (tensors or param-group dicts)."""
+        self.check_fixed(hparams)
         return self.cls(params, **{**self.defaults, **hparams})
 
 

@@ -84,6 +84,12 @@ class Adafactor(ZooOptimizer):
         if group["beta1"] is not None:
             check_range("beta1", group["beta1"], 0.0, 1.0, high_open=True)
 
+    def expected_state_bytes(self, param, group):
+        shape = param.shape
+        factored = shape[:-1].numel() + shape[:-2].numel() * shape[-1] if param.dim() > 1 else param.numel()
+        moment = param.numel() if group["beta1"] is not None else 0
+        return (factored + moment) * param.element_size()
+
     def _caution_noop_reason(self, group):
         if group["beta1"] is None or group["beta1"] == 0:
             return ("beta1 is not set (pass e.g. beta1=0.9): without a first moment the update is "

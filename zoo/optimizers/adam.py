@@ -121,6 +121,8 @@ def nadamw(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], ex
 class _AdaptiveBase(ZooOptimizer):
     """Validation shared by the Adam-like optimizers (betas, eps)."""
 
+    full_size_states = 2   # m, v
+
     def _validate(self, group):
         check_betas("betas", group["betas"])
         check_range("eps", group["eps"])

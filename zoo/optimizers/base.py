@@ -83,6 +83,14 @@ class ZooOptimizer(Optimizer):
     def _validate(self, group: dict) -> None:
         """Check the family's own hyper-parameters; raise ``ValueError`` naming the argument."""
 
+    full_size_states = 0
+    """How many tensors of the parameter's size its state holds (classes with other states
+    override :meth:`expected_state_bytes`)."""
+
+    def expected_state_bytes(self, param: Tensor, group: dict) -> int:
+        """Bytes of ``param``'s state after a step, by the optimizer's analytical formula."""
+        return self.full_size_states * param.numel() * param.element_size()
+
     def _caution_noop_reason(self, group: dict) -> str | None:
         """Why caution cannot change the update for this group, or None when it can."""
         return None

@@ -49,6 +49,8 @@ def lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, l
 class Lion(ZooOptimizer):
     """Lion: the sign of an interpolated momentum, decoupled weight decay."""
 
+    full_size_states = 1   # m
+
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
                  caution: bool = False, caution_norm="mean"):
@@ -75,6 +77,8 @@ class Lion(ZooOptimizer):
 
 class Signum(ZooOptimizer):
     """Signum: the sign of an exponential moving average of gradients, decoupled weight decay."""
+
+    full_size_states = 1   # m
 
     def __init__(self, params, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  maximize: bool = False, foreach: bool | None = None, caution: bool = False,

@@ -117,6 +117,10 @@ class Muon(ZooOptimizer):
         check_range("adamw_eps", group["adamw_eps"])
         check_range("adamw_lr_ratio", group["adamw_lr_ratio"])
 
+    def expected_state_bytes(self, param, group):
+        tensors = 1 if group["use_muon"] is not False and param.dim() >= 2 else 2
+        return tensors * param.numel() * param.element_size()
+
     def _caution_noop_reason(self, group):
         if group["momentum"] == 0 and group["use_muon"] is True:
             return "momentum is 0 and every parameter is orthogonalised gradient"

@@ -60,6 +60,9 @@ class SGD(ZooOptimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening = 0")
 
+    def expected_state_bytes(self, param, group):
+        return param.numel() * param.element_size() if group["momentum"] != 0 else 0
+
     def _caution_noop_reason(self, group):
         if group["momentum"] == 0:
             return "momentum is 0, so the update is the gradient itself"
