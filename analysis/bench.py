@@ -1,6 +1,7 @@
 """Benchmarks of the zoo's optimizers on this machine: ``python -m analysis.bench <command>``.
 
-``step``: the time of one ``optimizer.step()``, against ``torch.optim.AdamW`` and the memory roofline::
+``step``: the time of one ``optimizer.step()``, against ``torch.optim.AdamW`` and the memory roofline,
+and for the low-rank optimizers the cost of the steps that refresh their projection::
 
     python -m analysis.bench step                        # every zoo optimizer, a few minutes on 2 cores
     python -m analysis.bench step --only adamw,c-adamw --rounds 3 --csv step.csv
@@ -121,6 +122,28 @@ def step_table(names: list[str], shape: tuple[int, ...], count: int, rounds: int
     return pd.DataFrame(rows).set_index("optimizer").sort_index(), bandwidths
 
 
+def refresh_table(names: list[str], shape: tuple[int, ...], count: int, gap: int, steps: int,
+                  seed: int = 0) -> pd.DataFrame:
+    """Low-rank optimizers with ``update_proj_gap=gap``: median time of the steps that refresh
+    the projection (an SVD, or a new seed's draw) and of the other steps, each step timed alone."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for name in tqdm(names, desc="refresh"):
+        params = [torch.randn(shape, generator=gen) for _ in range(count)]
+        for p in params:
+            p.grad = torch.randn(shape, generator=gen)
+        opt = zoo.get(name)(params, lr=LR, update_proj_gap=gap)
+        refresh, other = [], []
+        for t in range(steps):
+            start = time.perf_counter()
+            opt.step()
+            (refresh if t % gap == 0 else other).append(time.perf_counter() - start)
+        rows.append({"optimizer": name, "refresh ms": 1e3 * statistics.median(refresh),
+                     "other ms": 1e3 * statistics.median(other),
+                     "refresh / other": statistics.median(refresh) / statistics.median(other)})
+    return pd.DataFrame(rows).set_index("optimizer")
+
+
 def target_checks(table: pd.DataFrame) -> list[str]:
     """The speed targets, one line each (skipped when an optimizer was not measured)."""
     ms = table["ms/step"]
@@ -129,7 +152,9 @@ def target_checks(table: pd.DataFrame) -> list[str]:
     for name, limit, ref_name, ref in [("adamw", 1.0, "faster torch AdamW (loop, foreach)", fastest_torch),
                                        ("adamw-fused", 1.0, "torch AdamW fused", ms["torch-adamw-fused"]),
                                        ("c-adamw", 1.1, "adamw", ms.get("adamw")),
-                                       ("c-lion", 1.1, "lion", ms.get("lion"))]:
+                                       ("c-lion", 1.1, "lion", ms.get("lion")),
+                                       ("apollo", 1.3, "adamw", ms.get("adamw")),
+                                       ("apollo-mini", 1.3, "adamw", ms.get("adamw"))]:
         if name in ms and ref is not None:
             ratio = ms[name] / ref
             verdict = "OK" if ratio <= limit else "MISS"
@@ -153,6 +178,11 @@ def step_command(args: argparse.Namespace) -> pd.DataFrame:
     print(f"add bandwidth:  {add:.1f} GB/s (dst.add_(src), 3 x nbytes); roofline = {max(copy, add):.1f} GB/s\n")
     print(table.to_string(float_format=lambda x: f"{x:.2f}"))
     print("\n" + "\n".join(target_checks(table)))
+    low_rank = [n for n in names if zoo.info(n).low_rank and not zoo.info(n).cautious]
+    if low_rank and args.refresh_steps:
+        refresh = refresh_table(low_rank, args.shape, args.count, args.refresh_gap, args.refresh_steps)
+        print(f"\nprojection refresh (update_proj_gap={args.refresh_gap}, each step timed alone):")
+        print(refresh.to_string(float_format=lambda x: f"{x:.2f}"))
     if args.csv:
         table.to_csv(args.csv)
     return table
@@ -174,6 +204,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     step.add_argument("--steps", type=int, default=10, help="timed steps per optimizer per round")
     step.add_argument("--warmup", type=int, default=1, help="untimed steps before each timing")
     step.add_argument("--copy-mb", type=int, default=256, help="MiB per tensor of the bandwidth kernels")
+    step.add_argument("--refresh-gap", type=int, default=4,
+                      help="update_proj_gap of the low-rank refresh measurement")
+    step.add_argument("--refresh-steps", type=int, default=16,
+                      help="steps of the low-rank refresh measurement (0: skip it)")
     step.add_argument("--csv", help="also save the table to this CSV file")
     step.set_defaults(run=step_command)
     args = parser.parse_args(argv)

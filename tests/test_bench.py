@@ -10,3 +10,10 @@ def test_step_benchmark_tiny(capsys):
     assert (table["moved MB"] > 0).all()
     out = capsys.readouterr().out
     assert "roofline" in out and "c-adamw <= 1.10x adamw" in out
+
+
+def test_refresh_measurement_tiny(capsys):
+    bench.main(["step", "--shape", "8x16", "--count", "2", "--rounds", "1", "--steps", "1",
+                "--only", "galore", "--copy-mb", "4", "--refresh-gap", "2", "--refresh-steps", "4"])
+    out = capsys.readouterr().out
+    assert "projection refresh" in out and "galore" in out.split("projection refresh")[1]
