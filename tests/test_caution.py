@@ -92,3 +92,15 @@ def test_bf16_count_is_exact():
 def test_bad_norm_is_refused(bad):
     with pytest.raises(ValueError, match="caution_norm"):
         check_norm(bad)
+
+
+def test_callable_mask_is_used_as_returned():
+    u, g = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([1.0, 1.0, -1.0])
+
+    def inner_product_mask(update, grad):   # Theorem A.5: keep the whole update when u.g >= 0
+        return (update * grad).sum().ge(0).to(update.dtype).expand_as(update)
+
+    counts = []
+    torch.testing.assert_close(caution(u, g, inner_product_mask, counts), torch.zeros(3))
+    assert float(counts[0][0]) == 0.0
+    torch.testing.assert_close(caution(u, -g, inner_product_mask), u)

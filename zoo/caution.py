@@ -16,6 +16,12 @@ with ``phi`` chosen by the normalisation:
 a float ``c`` (the soft family of the ablations)
     ``phi = 1[x > 0] - c * 1[x <= 0]``: disagreeing coordinates are reversed and shrunk by ``c``
     (``c = 0`` is the plain unscaled mask). No rescaling.
+a callable ``mask(update, grad) -> phi`` (for research: Theorem 2.4's sigma-mask, the
+    inner-product mask of Theorem A.5, ...)
+    ``phi`` is used as returned (a tensor broadcastable to ``update``). It receives the tensor the
+    optimizer passes as ``update``: the update direction itself for SGD, Lion, Signum, ADOPT,
+    Adafactor, GaLore, Fira and Muon (before orthogonalisation), but Adam's first moment ``m``
+    (whose sign, not size, is the update's) and LaProp's ``m``.
 
 Only the applied update is masked; momentum states are never touched. Decoupled weight decay is
 not masked (each optimizer applies it before the cautious update).
@@ -35,14 +41,17 @@ MEAN_CLAMP = 1e-3
 
 
 def check_norm(norm) -> None:
-    """Raise ``ValueError`` unless ``norm`` is "mean", "paper" or a finite float c >= 0."""
+    """Raise ``ValueError`` unless ``norm`` is "mean", "paper", a finite float c >= 0 or a callable."""
+    if callable(norm):
+        return
     if isinstance(norm, str):
         if norm in ("mean", "paper"):
             return
     elif isinstance(norm, Real) and not isinstance(norm, bool) and math.isfinite(norm) and norm >= 0:
         return
     raise ValueError(
-        f"Invalid caution_norm: {norm!r}; allowed: 'mean', 'paper' or a float c >= 0 (soft mask phi_c)"
+        f"Invalid caution_norm: {norm!r}; allowed: 'mean', 'paper', a float c >= 0 (soft mask phi_c) "
+        "or a callable mask(update, grad) -> phi"
     )
 
 
@@ -59,6 +68,11 @@ def caution_mask(update: Tensor, grad: Tensor, norm="mean", counts: list | None 
     When ``counts`` is a list, ``(number of aligned coordinates as a 0-d tensor, numel)`` is
     appended to it, without a device synchronisation.
     """
+    if callable(norm):   # a fresh tensor: the callable may return a view or a broadcast
+        phi = torch.empty_like(update).copy_(norm(update, grad))
+        if counts is not None:
+            counts.append(((phi != 0).sum(dtype=torch.promote_types(update.dtype, torch.float32)), update.numel()))
+        return phi
     # one temporary, reused in place: the product, then the 0/1 mask, then phi
     phi = torch.mul(update if sign_of is None else sign_of, grad).gt_(0)
     n = update.numel()
