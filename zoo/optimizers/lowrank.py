@@ -146,7 +146,6 @@ class _LowRankAdamW(ZooOptimizer):
             raise ValueError(f"Invalid seed: {group['seed']!r}; allowed an int >= 0")
 
     def _update_group(self, group, params):
-        all_params = [p for g in self.param_groups for p in g["params"]]
         states = []
         for p in params:
             state = self.state[p]
@@ -158,7 +157,8 @@ class _LowRankAdamW(ZooOptimizer):
                     r = effective_rank(shape, group["rank"])
                     shape = (shape[0], r) if rows_kept(shape) else (r, shape[1])
                     if group["proj"] == "random":   # as the reference: the 1-based parameter index
-                        index = next(i for i, q in enumerate(all_params, start=1) if q is p)
+                        everything = (q for g in self.param_groups for q in g["params"])
+                        index = next(i for i, q in enumerate(everything, start=1) if q is p)
                         state["seed"] = torch.tensor(group["seed"] + index, dtype=torch.int64)
                     if group["norm_growth_limit"] is not None and self.method != "galore":
                         state["update_norm"] = torch.zeros((), dtype=_norm_dtype(p), device=p.device)
