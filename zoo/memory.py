@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .factory import default_low_rank_filter
 from .registry import info
 
 __all__ = ["state_bytes", "expected_state_bytes", "LLAMA_CONFIGS", "llama_shapes", "state_table"]
@@ -84,8 +85,8 @@ def state_table(names=("adamw", "galore", "fira", "apollo", "apollo-mini"),
             for p in params.values():
                 p.grad = torch.empty_like(p)
             if info(name).low_rank:
-                low = [p for n, p in params.items() if "attn" in n or "mlp" in n]
-                rest = [p for n, p in params.items() if not ("attn" in n or "mlp" in n)]
+                low = [p for n, p in params.items() if default_low_rank_filter(n, p)]
+                rest = [p for n, p in params.items() if not default_low_rank_filter(n, p)]
                 rank = {} if "rank" in info(name).fixed else {"rank": LOW_RANK_RANKS[config]}
                 groups = [{"params": low, **rank}, {"params": rest, "rank": None}]
             else:
