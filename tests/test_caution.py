@@ -26,7 +26,7 @@ def test_applied_update_never_opposes_the_gradient(pair, norm):
 def test_mean_scale_is_at_least_one_and_exact(pair):
     u, g = (torch.from_numpy(a) for a in pair)
     out = caution(u, g, "mean")
-    keep = u * g > 0
+    keep = torch.sign(u) * torch.sign(g) > 0   # the exact sign of u * g (the product may underflow)
     assert bool((out[~keep] == 0).all())
     if keep.any():
         scale = 1 / max(keep.double().mean().item(), 1e-3)
@@ -104,3 +104,11 @@ def test_callable_mask_is_used_as_returned():
     torch.testing.assert_close(caution(u, g, inner_product_mask, counts), torch.zeros(3))
     assert float(counts[0][0]) == 0.0
     torch.testing.assert_close(caution(u, -g, inner_product_mask), u)
+
+
+@pytest.mark.parametrize("dtype,tiny", [(torch.float16, 1e-4), (torch.float32, 1e-23), (torch.float64, 1e-170)])
+def test_tiny_agreeing_values_are_kept(dtype, tiny):
+    # u * g underflows to 0 here; the mask must still see that the signs agree
+    u = torch.tensor([tiny, -tiny, tiny], dtype=dtype)
+    g = torch.tensor([tiny, -tiny, -tiny], dtype=dtype)
+    assert torch.equal(caution(u, g, 0.0), torch.tensor([tiny, -tiny, 0.0], dtype=dtype))

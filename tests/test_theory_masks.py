@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -21,6 +21,8 @@ ZOO_NORMS = ["mean", "paper", 0.0, 0.01, 0.1, 0.5]
 @given(pairs, st.sampled_from(ZOO_NORMS))
 def test_zoo_mask_is_what_the_zoo_computes_for_any_factorisation(pair, norm):
     u, g = (torch.from_numpy(a) for a in pair)
+    # x = u * g as a float: exact in sign unless the product underflows (the zoo compares signs)
+    assume(bool(((u * g != 0) | (u == 0) | (g == 0)).all()))
     expected = caution_mask(u, g, norm).numpy()
     np.testing.assert_array_equal(zoo_mask(norm)((u * g).numpy()), expected)
 

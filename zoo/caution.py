@@ -73,8 +73,9 @@ def caution_mask(update: Tensor, grad: Tensor, norm="mean", counts: list | None 
         if counts is not None:
             counts.append(((phi != 0).sum(dtype=torch.promote_types(update.dtype, torch.float32)), update.numel()))
         return phi
-    # one temporary, reused in place: the product, then the 0/1 mask, then phi
-    phi = torch.mul(update if sign_of is None else sign_of, grad).gt_(0)
+    # one temporary, reused in place: sign(u) * g (exact, unlike u * g, which can underflow to 0
+    # in low precision), then the 0/1 mask, then phi
+    phi = torch.sign(update if sign_of is None else sign_of).mul_(grad).gt_(0)
     n = update.numel()
     if counts is not None or isinstance(norm, str):
         # counted in float64 for float64 tensors, else float32 (exact below 2^24 per tensor)

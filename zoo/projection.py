@@ -79,4 +79,5 @@ def project_back(low: Tensor, proj: Tensor, shape) -> Tensor:
 def channel_norm(x: Tensor, shape) -> Tensor:
     """Per-channel norms of a low-rank ``x`` over its compressed axis, shaped to broadcast
     against the full weight: (m, 1) when rows are kept, (1, n) otherwise."""
-    return x.norm(dim=1, keepdim=True) if rows_kept(shape) else x.norm(dim=0, keepdim=True)
+    # sqrt of a sum of squares: several times faster on CPU than torch.norm along a dimension
+    return x.square().sum(dim=1 if rows_kept(shape) else 0, keepdim=True).sqrt_()
