@@ -83,9 +83,10 @@ def _adam_fused(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2
     for i, p in enumerate(params):
         buckets.setdefault((p.device, p.dtype), []).append(i)
     for (device, _), idx in buckets.items():
+        step_tensors = {s: torch.tensor(float(s), device=device) for s in {steps[i] for i in idx}}
         kernel([params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
                [exp_avg_sqs[i] for i in idx], [],
-               [torch.tensor(float(steps[i]), device=device) for i in idx], amsgrad=False, lr=lr,
+               [step_tensors[steps[i]] for i in idx], amsgrad=False, lr=lr,
                beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=False,
                grad_scale=None, found_inf=None)
 

@@ -62,17 +62,17 @@ def _projection(grad: Tensor, state: dict, step: int, group: dict) -> Tensor:
     return proj
 
 
-def _limit(update: Tensor, state: dict, step: int, gamma: float | None) -> Tensor:
-    """The norm-growth limiter (in place on ``update``); the state keeps the limited norm."""
+def _limit(norm: Tensor, state: dict, step: int, gamma: float | None):
+    """The norm-growth limiter's divisor f >= 1 for an update of norm ``norm`` (1 on the first
+    step); the state keeps the limited norm ``norm / f``."""
     if gamma is None:
-        return update
-    norm = update.norm()
+        return 1.0
+    factor = 1.0
     if step > 1:
         factor = torch.clamp(norm / (state["update_norm"] + SCALE_EPS), min=gamma) / gamma
-        update.div_(factor)
         norm = norm / factor
     state["update_norm"].copy_(norm)
-    return update
+    return factor
 
 
 def _scaling(low: Tensor, proj_grad: Tensor, shape, channel: bool) -> Tensor:
@@ -101,18 +101,24 @@ def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict],
         normed = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
         if not low_rank:
             update = normed
-        elif method == "apollo":
-            scaling = _scaling(normed, proj_grad, grad.shape, group["scale_type"] == "channel")
-            update = _limit(grad * scaling, state, step, group["norm_growth_limit"])
-            update.mul_(math.sqrt(group["scale"]))
+        elif method == "apollo":   # G * s is never formed: its norm comes from channel norms of G
+            channel = group["scale_type"] == "channel"
+            scaling = _scaling(normed, proj_grad, grad.shape, channel)
+            norm = (channel_norm(grad, grad.shape) * scaling).norm() if channel else grad.norm() * scaling
+            factor = _limit(norm, state, step, group["norm_growth_limit"])
+            update = None
+            multiplier = scaling * math.sqrt(group["scale"]) / factor
         else:
             update = project_back(normed, proj, grad.shape).mul_(group["scale"])
             if method == "fira":
                 residual = grad - project_back(proj_grad, proj, grad.shape).mul_(group["scale"])
                 residual.mul_(_scaling(normed, proj_grad, grad.shape, channel=True))
-                update.add_(_limit(residual, state, step, group["norm_growth_limit"]))
+                update.add_(residual.div_(_limit(residual.norm(), state, step, group["norm_growth_limit"])))
         step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-        add_update(param, update, grad, -step_size, caution, caution_norm, counts)
+        if update is None:   # APOLLO: W <- W - step_size * G * multiplier, one fused pass
+            param.addcmul_(grad, multiplier, value=-step_size)
+        else:
+            add_update(param, update, grad, -step_size, caution, caution_norm, counts)
         if weight_decay != 0:
             param.add_(param, alpha=-lr * weight_decay)
 
