@@ -188,3 +188,8 @@ def test_create_low_rank_filter_and_rank_override():
         zoo.create(TinyLM(), "apollo-mini", rank=4)   # rank 1 defines apollo-mini
     with pytest.raises(ValueError, match="low-rank"):
         zoo.create(TinyLM(), "adamw", low_rank_filter=lambda name, p: True)
+
+
+def test_create_refuses_a_low_rank_optimizer_without_rank():
+    with pytest.raises(ValueError, match="plain AdamW"):
+        zoo.create(TinyLM(), "galore", rank=None)

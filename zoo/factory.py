@@ -84,6 +84,9 @@ def create(model_or_params, name: str, *, low_rank_filter=None, **hparams) -> Op
                              f"{rec.name!r} would be plain AdamW; pass low_rank_filter=(name, param) -> bool "
                              "to choose the low-rank weights")
         rank = {"rank": hparams.pop("rank")} if "rank" in hparams else {}
+        if rank.get("rank", 0) is None:
+            raise ValueError(f"rank=None would make {rec.name!r} plain AdamW on every group; pass an "
+                             "int rank (or use 'adamw')")
         for group in groups:
             group.update(rank if group["name"] == "low_rank" else {"rank": None})
     if "use_muon" in rec.defaults:

@@ -79,5 +79,7 @@ def project_back(low: Tensor, proj: Tensor, shape) -> Tensor:
 def channel_norm(x: Tensor, shape) -> Tensor:
     """Per-channel norms of a low-rank ``x`` over its compressed axis, shaped to broadcast
     against the full weight: (m, 1) when rows are kept, (1, n) otherwise."""
-    # sqrt of a sum of squares: several times faster on CPU than torch.norm along a dimension
+    # sqrt of a sum of squares (several times faster on CPU than torch.norm along a dimension),
+    # in at least float32 so that float16 squares cannot overflow
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
     return x.square().sum(dim=1 if rows_kept(shape) else 0, keepdim=True).sqrt_()

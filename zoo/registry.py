@@ -59,6 +59,10 @@ class OptimizerInfo:
     def build(self, params, **hparams) -> Optimizer:
         """Construct the optimizer over ``params`` (tensors or param-group dicts)."""
         self.check_fixed(hparams)
+        params = list(params)
+        for group in params:
+            if isinstance(group, dict):   # rank=None marks a group updated by AdamW, not a clash
+                self.check_fixed({k: v for k, v in group.items() if not (k == "rank" and v is None)})
         return self.cls(params, **{**self.defaults, **hparams})
 
 

@@ -59,6 +59,7 @@ class ADOPT(_AdaptiveBase):
 
     def _validate(self, group):
         super()._validate(group)
+        check_range("eps", group["eps"], low_open=True)   # g / max(sqrt(v), eps) needs eps > 0
         check_bool("decoupled", group["decoupled"])
         if group["clip_exp"] is not None:
             check_range("clip_exp", group["clip_exp"])

@@ -26,7 +26,7 @@ def check_range(name: str, value, low: float = 0.0, high: float = math.inf, *,
         if value.numel() != 1:
             raise ValueError(f"Invalid {name}: a tensor {name} must have one element, got shape {tuple(value.shape)}")
         value = value.item()
-    ok = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:

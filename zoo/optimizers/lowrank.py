@@ -75,11 +75,16 @@ def _limit(norm: Tensor, state: dict, step: int, gamma: float | None):
     return factor
 
 
+def _norm(x: Tensor) -> Tensor:
+    """The Frobenius norm, accumulated in at least float32 (no overflow for float16)."""
+    return torch.linalg.vector_norm(x, dtype=_norm_dtype(x))
+
+
 def _scaling(low: Tensor, proj_grad: Tensor, shape, channel: bool) -> Tensor:
     """||N_j|| / (||R_j|| + 1e-8) per channel, or one factor for the whole tensor."""
     if channel:
         return channel_norm(low, shape) / (channel_norm(proj_grad, shape) + SCALE_EPS)
-    return low.norm() / (proj_grad.norm() + SCALE_EPS)
+    return _norm(low) / (_norm(proj_grad) + SCALE_EPS)
 
 
 def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict], group: dict, *,
@@ -104,7 +109,7 @@ def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict],
         elif method == "apollo":   # G * s is never formed: its norm comes from channel norms of G
             channel = group["scale_type"] == "channel"
             scaling = _scaling(normed, proj_grad, grad.shape, channel)
-            norm = (channel_norm(grad, grad.shape) * scaling).norm() if channel else grad.norm() * scaling
+            norm = (channel_norm(grad, grad.shape) * scaling).norm() if channel else _norm(grad) * scaling
             factor = _limit(norm, state, step, group["norm_growth_limit"])
             update = None
             multiplier = scaling * math.sqrt(group["scale"]) / factor
@@ -113,7 +118,7 @@ def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict],
             if method == "fira":
                 residual = grad - project_back(proj_grad, proj, grad.shape).mul_(group["scale"])
                 residual.mul_(_scaling(normed, proj_grad, grad.shape, channel=True))
-                update.add_(residual.div_(_limit(residual.norm(), state, step, group["norm_growth_limit"])))
+                update.add_(residual.div_(_limit(_norm(residual), state, step, group["norm_growth_limit"])))
         step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         if update is None:   # APOLLO: W <- W - step_size * G * multiplier, one fused pass
             param.addcmul_(grad, multiplier, value=-step_size)
@@ -176,10 +181,17 @@ class _LowRankAdamW(ZooOptimizer):
                       **self._caution_args(group))
 
     def load_state_dict(self, state_dict):
+        # torch casts every loaded state tensor to its parameter's dtype; the int64 seed and the
+        # limiter's float32 norm must come back as they were saved (and the seed on the CPU, so
+        # that reading it never syncs)
+        kept = {pid: {k: state[k].clone() for k in ("seed", "update_norm") if k in state}
+                for pid, state in state_dict["state"].items()}
         super().load_state_dict(state_dict)
-        for state in self.state.values():   # seeds stay on the CPU: reading them never syncs
-            if "seed" in state:
-                state["seed"] = state["seed"].cpu()
+        ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for pid, p in zip(ids, params):
+            for key, value in kept.get(pid, {}).items():
+                self.state[p][key] = value.cpu() if key == "seed" else value.to(p.device)
 
     def expected_state_bytes(self, param: Tensor, group: dict) -> int:
         """Bytes of this parameter's state after a step (PAPERS.md §B.2, Table 1)."""

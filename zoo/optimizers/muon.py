@@ -14,7 +14,8 @@ as torch.optim.Muon. The cautious twin masks U *before* orthogonalisation with t
 does (PAPERS.md §A.1); the decay is not masked.
 
 Parameters that are not matrices, and every parameter of a group with ``use_muon=False``
-(embeddings, output heads: see :func:`zoo.create`), are updated by AdamW
+(:func:`zoo.create` sets it on the biases, norms and embeddings; an output head must be put in
+such a group by hand), are updated by AdamW
 (:func:`zoo.optimizers.adam.adam`) with ``adamw_betas``, ``adamw_eps`` and the group's ``lr``
 times ``adamw_lr_ratio``; caution applies to them too.
 """
@@ -39,7 +40,7 @@ def newton_schulz(matrix: Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, 
     """Approximate the orthogonal polar factor U V^T of ``matrix`` (2-D) by a quintic iteration
     X <- a X + (b A + c A^2) X with A = X X^T, started from X / max(||X||_F, eps)."""
     a, b, c = coefficients
-    x = matrix.to(dtype)
+    x = matrix.to(dtype, copy=True)   # never normalise the caller's tensor (the momentum buffer) in place
     tall = matrix.size(0) > matrix.size(1)
     if tall:
         x = x.T
