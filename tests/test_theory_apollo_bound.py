@@ -13,13 +13,7 @@ from theory.apollo_bound import (BETAS, EPS, channel_scales, compressed_dim, con
 from zoo.projection import gaussian
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Elementwise float64 work on 2 shared cores runs far faster on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from theory.discrete import (default_problems, monotonicity_table, quadratic_pro
 from zoo.caution import caution_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
