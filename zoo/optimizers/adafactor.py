@@ -96,21 +96,19 @@ class Adafactor(ZooOptimizer):
                     "g times a positive factor")
         return None
 
+    @staticmethod
+    def _init_factors(p, state):
+        if p.dim() > 1:
+            state["row_var"] = p.new_zeros(p.shape[:-1] + (1,))
+            state["col_var"] = p.new_zeros(p.shape[:-2] + (1, p.shape[-1]))
+        else:
+            state["variance"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
     def _update_group(self, group, params):
-        states = []
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                if p.dim() > 1:
-                    state["row_var"] = p.new_zeros(p.shape[:-1] + (1,))
-                    state["col_var"] = p.new_zeros(p.shape[:-2] + (1, p.shape[-1]))
-                else:
-                    state["variance"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        states = self._states(params, init=self._init_factors)
+        for p, state in zip(params, states):   # beta1 may be switched on after the first step
             if group["beta1"] is not None and "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            states.append(state)
         eps1, eps2 = group["eps"]
         adafactor(params, self._grads(group, params), states, lr=as_float(group["lr"]),
                   beta1=group["beta1"], beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2,

@@ -119,8 +119,9 @@ class ZooOptimizer(Optimizer):
     def _update_group(self, group: dict, params: list[Tensor]) -> None:
         raise NotImplementedError
 
-    def _states(self, params: list[Tensor], *buffers: str) -> list[dict]:
-        """Each param's state, advanced by one step; zero ``buffers`` are created on first use."""
+    def _states(self, params: list[Tensor], *buffers: str, init=None) -> list[dict]:
+        """Each param's state, advanced by one step. On first use the state gets ``step = 0``,
+        zero tensors named ``buffers`` and whatever ``init(param, state)`` adds."""
         states = []
         for p in params:
             state = self.state[p]
@@ -128,6 +129,8 @@ class ZooOptimizer(Optimizer):
                 state["step"] = 0
                 for name in buffers:
                     state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if init is not None:
+                    init(p, state)
             state["step"] += 1
             states.append(state)
         return states

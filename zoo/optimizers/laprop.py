@@ -51,10 +51,8 @@ class LaProp(_AdaptiveBase):
         super().__init__(params, defaults, caution, caution_norm)
 
     def _update_group(self, group, params):
-        states = self._states(params, "exp_avg", "exp_avg_sq")
-        for state in states:
-            state.setdefault("exp_avg_lr_1", 0.0)
-            state.setdefault("exp_avg_lr_2", 0.0)
+        states = self._states(params, "exp_avg", "exp_avg_sq",
+                              init=lambda p, state: state.update(exp_avg_lr_1=0.0, exp_avg_lr_2=0.0))
         beta1, beta2 = group["betas"]
         laprop(params, self._grads(group, params), states, lr=as_float(group["lr"]), beta1=beta1,
                beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],

@@ -156,27 +156,22 @@ class _LowRankAdamW(ZooOptimizer):
         if not isinstance(group["seed"], int) or group["seed"] < 0:
             raise ValueError(f"Invalid seed: {group['seed']!r}; allowed an int >= 0")
 
+    def _init_state(self, p: Tensor, state: dict, group: dict) -> None:
+        shape = p.shape
+        if group["rank"] is not None and p.dim() == 2:
+            r = effective_rank(shape, group["rank"])
+            shape = (shape[0], r) if rows_kept(shape) else (r, shape[1])
+            if group["proj"] == "random":   # as the reference: the 1-based parameter index
+                everything = (q for g in self.param_groups for q in g["params"])
+                index = next(i for i, q in enumerate(everything, start=1) if q is p)
+                state["seed"] = torch.tensor(group["seed"] + index, dtype=torch.int64)
+            if group["norm_growth_limit"] is not None and self.method != "galore":
+                state["update_norm"] = torch.zeros((), dtype=_norm_dtype(p), device=p.device)
+        state["exp_avg"] = p.new_zeros(shape)
+        state["exp_avg_sq"] = p.new_zeros(shape)
+
     def _update_group(self, group, params):
-        states = []
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                shape = p.shape
-                low_rank = group["rank"] is not None and p.dim() == 2
-                if low_rank:
-                    r = effective_rank(shape, group["rank"])
-                    shape = (shape[0], r) if rows_kept(shape) else (r, shape[1])
-                    if group["proj"] == "random":   # as the reference: the 1-based parameter index
-                        everything = (q for g in self.param_groups for q in g["params"])
-                        index = next(i for i, q in enumerate(everything, start=1) if q is p)
-                        state["seed"] = torch.tensor(group["seed"] + index, dtype=torch.int64)
-                    if group["norm_growth_limit"] is not None and self.method != "galore":
-                        state["update_norm"] = torch.zeros((), dtype=_norm_dtype(p), device=p.device)
-                state["exp_avg"] = p.new_zeros(shape)
-                state["exp_avg_sq"] = p.new_zeros(shape)
-            state["step"] += 1
-            states.append(state)
+        states = self._states(params, init=lambda p, state: self._init_state(p, state, group))
         lowrank_adamw(params, self._grads(group, params), states, group, method=self.method,
                       **self._caution_args(group))
 
