@@ -50,6 +50,23 @@ def trajectory(make_opt, steps=30, shapes=((6, 4), (4,), (3, 5)), sign=1.0, seed
     return out
 
 
+def side_by_side(opt, params, reference_step, loss, steps):
+    """Parameters after each of ``steps`` steps (t = 1, 2, ...) of ``opt`` on ``params`` and of
+    ``reference_step(ref_params, grads, t) -> new ref_params`` from the same start, both on
+    ``loss(params, t)``."""
+    ref = [p.detach().clone() for p in params]
+    ours, theirs = [], []
+    for t in range(1, steps + 1):
+        opt.zero_grad()
+        loss(params, t).backward()
+        opt.step()
+        ours.append([p.detach().clone() for p in params])
+        q = [r.clone().requires_grad_() for r in ref]
+        ref = reference_step(ref, torch.autograd.grad(loss(q, t), q), t)
+        theirs.append(ref)
+    return ours, theirs
+
+
 def two_groups(params, lr, **extra):
     """Two param groups with different learning rates."""
     return [{"params": params[:2], "lr": lr, **extra}, {"params": params[2:], "lr": lr * 0.37, **extra}]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import assert_trajectories_equal, loss_fn, make_params, trajectory
+from conftest import assert_trajectories_equal, loss_fn, make_params, side_by_side, trajectory
 from test_lowrank import ref_lowrank
 
 NORMS = ["mean", "paper", 0.1]
@@ -182,18 +182,10 @@ def test_cautious_twin_matches_reference(float64, name, norm):
     reference, hp = TWINS[name]
     params = make_params()
     opt = zoo.get(name)(params, caution_norm=norm, **hp)
-    ref_params = [p.detach().clone() for p in params]
-    ref_states = [{} for _ in params]
-    ours, ref = [], []
-    for t in range(1, STEPS + 1):
-        opt.zero_grad()
-        loss_fn(params, t).backward()
-        opt.step()
-        ours.append([p.detach().clone() for p in params])
-        q = [r.clone().requires_grad_() for r in ref_params]
-        grads = torch.autograd.grad(loss_fn(q, t), q)
-        ref_params = [reference(p, g, s, t, hp, norm) for p, g, s in zip(ref_params, grads, ref_states)]
-        ref.append(ref_params)
+    states = [{} for _ in params]
+    ours, ref = side_by_side(
+        opt, params, lambda ps, grads, t: [reference(p, g, s, t, hp, norm) for p, g, s in zip(ps, grads, states)],
+        loss_fn, STEPS)
     assert_trajectories_equal(ours, ref, rtol=1e-11, atol=1e-12)
     # the mask acted on this problem: the twin left its base optimizer's trajectory
     base = trajectory(lambda q: zoo.get(zoo.info(name).base)(q, **hp), STEPS, first_step=1)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import zoo
+from conftest import side_by_side
 from zoo.projection import gaussian, next_seed
 
 SHAPES = ((12, 5), (4, 10), (6,))    # tall, wide, and a vector (AdamW fallback)
@@ -87,20 +88,13 @@ def run_pair(name, hp, phi=identity, norm="mean", shapes=SHAPES, steps=STEPS):
     params = make(shapes)
     extra = {"caution_norm": norm} if zoo.info(name).cautious else {}
     opt = zoo.get(name)(params, **hp, **extra)
-    ref = [p.detach().clone() for p in params]
     states = [{} for _ in params]
-    ours, theirs = [], []
-    for t in range(1, steps + 1):
-        opt.zero_grad()
-        loss_fn(params, t).backward()
-        opt.step()
-        q = [x.clone().requires_grad_() for x in ref]
-        grads = torch.autograd.grad(loss_fn(q, t), q)
-        ref = [ref_lowrank(x, g, s, t, ref_hp, lambda u, g_: phi(u, g_, norm), method, index=i)
-               for i, (x, g, s) in enumerate(zip(ref, grads, states))]
-        ours.append([p.detach().clone() for p in params])
-        theirs.append(ref)
-    return ours, theirs
+
+    def reference_step(ref, grads, t):
+        return [ref_lowrank(x, g, s, t, ref_hp, lambda u, g_: phi(u, g_, norm), method, index=i)
+                for i, (x, g, s) in enumerate(zip(ref, grads, states))]
+
+    return side_by_side(opt, params, reference_step, loss_fn, steps)
 
 
 def assert_close_all(ours, theirs):
