@@ -1,6 +1,10 @@
 """Shared test helpers: a deterministic small problem and trajectory runners."""
 from __future__ import annotations
 
+import gzip
+import struct
+
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +81,26 @@ def assert_trajectories_equal(ours, ref, rtol=1e-13, atol=1e-13):
         for i, (x, y) in enumerate(zip(a, b)):
             torch.testing.assert_close(x, y, rtol=rtol, atol=atol,
                                        msg=lambda m: f"step {t + 1}, param {i}: {m}")
+
+
+# ---------------------------------------------------------------- data
+
+def write_idx(path, array: np.ndarray, compress: bool) -> None:
+    """Write ``array`` as an IDX file of unsigned bytes (gzip-compressed if ``compress``)."""
+    raw = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw += array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+def write_idx_set(folder, n_train=12, n_test=5, size=8, compress=True):
+    """A small random IDX image set (train + t10k images and labels) in ``folder``."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, size, size))
+        labels = rng.integers(0, 10, n)
+        suffix = ".gz" if compress else ""
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
+        arrays[prefix] = images, labels
+    return arrays
