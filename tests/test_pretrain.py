@@ -1,0 +1,229 @@
+"""analysis/pretrain.py: runs, metrics, resume bit for bit, data-parallel equivalence, summary."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis import pretrain
+from analysis.pretrain import Config, METRICS, compare, load_metrics, parse_args, steps_to_reach, summarize
+from conftest import write_idx_set
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(steps=6, batch_size=4, seq_len=16, eval_interval=3, eval_batches=2, progress=False)
+
+
+def small(tmp_path, **overrides) -> Config:
+    return Config(**{**SMALL, "optimizers": ("adamw",), "seeds": (0,), "out": str(tmp_path), **overrides})
+
+
+def checkpoint(out, name="adamw", seed=0) -> dict:
+    return torch.load(Path(out, "checkpoints", f"{name}_seed{seed}.pt"), weights_only=False)
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns="wall_s").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- command line and settings
+
+def test_parse_args_learning_rates_and_defaults():
+    cfg = parse_args(["llama", "--optimizers", "adamw,c-lion", "--lr", "adamw=1e-3", "--steps", "7"])
+    assert cfg.optimizers == ("adamw", "c-lion") and cfg.steps == 7 and cfg.out == "runs/llama"
+    assert cfg.peak_lr("adamw") == 1e-3
+    assert cfg.peak_lr("c-lion") == pretrain.DEFAULT_LR["llama"]["lion"]  # a twin takes its base's rate
+    cfg = parse_args(["mae", "--optimizers", "adamw,lion", "--lr", "2e-3", "--seeds", "3,4"])
+    assert cfg.lr == {"adamw": 2e-3, "lion": 2e-3} and cfg.seeds == (3, 4) and cfg.out == "runs/mae"
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(task="bert"), "allowed: llama, mae"),
+    (dict(model="13B"), "allowed: tiny"),
+    (dict(optimizers=("adamw", "sdg")), "sgd"),
+    (dict(lr={"muon": 1e-4}), "not in --optimizers"),
+    (dict(device="tpu"), "allowed: auto, cpu, cuda"),
+    (dict(steps=0), "steps must be >= 1"),
+    (dict(warmup=500), "warmup"),
+    (dict(min_lr_ratio=1.5), "min_lr_ratio"),
+    (dict(grad_clip=-1.0), "grad_clip"),
+    (dict(corpus="c4"), "allowed: shakespeare, stdlib"),
+])
+def test_bad_settings_are_refused(overrides, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        Config(**overrides)
+
+
+def test_no_silent_default_learning_rate():
+    with pytest.raises(ValueError, match="pass --lr muon=VALUE"):
+        Config(optimizers=("muon",)).peak_lr("muon")
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    factor = pretrain._schedule(Config(steps=100, warmup=10, min_lr_ratio=0.1))
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.55)
+    assert factor(100) == pytest.approx(0.1)
+    values = [factor(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+# ---------------------------------------------------------------- runs
+
+def test_llama_run_writes_metrics_summary_and_figure(tmp_path):
+    cfg = small(tmp_path, optimizers=("adamw", "c-adamw", "apollo-mini"), steps=9)
+    metrics, table = compare(cfg)
+    run = pd.read_csv(tmp_path / "runs" / "c-adamw_seed0.csv")
+    assert list(run.columns[:len(METRICS)]) == list(METRICS)
+    assert run["step"].tolist() == list(range(10))
+    assert run["val_loss"].notna().tolist() == [s % 3 == 0 for s in range(10)]
+    assert run.loc[1:, "units"].diff().dropna().eq(4 * 16).all()         # tokens of the global batch
+    assert run.loc[1:, "masked_fraction"].between(0, 1).all()
+    assert run["lr"].iloc[1] == cfg.peak_lr("c-adamw")                    # 9 steps: no warm-up step
+    # the same seed starts from the same weights and batches: identical initial validation loss
+    assert metrics.groupby("optimizer")["val_loss"].first().nunique() == 1
+    # apollo-mini's state is far smaller than adamw's; the measured bytes are the optimizer's
+    assert table.loc["apollo-mini", "state MB"] < 0.2 * table.loc["adamw", "state MB"]
+    assert set(table.index) == {"adamw", "c-adamw", "apollo-mini"} and table["seeds"].eq(1).all()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| optimizer | final val loss |" in summary and "c-adamw" in summary
+    assert (tmp_path / "val_loss.png").stat().st_size > 10_000
+    pd.testing.assert_frame_equal(load_metrics(tmp_path).sort_values(["optimizer", "step"]).reset_index(drop=True),
+                                  metrics.sort_values(["optimizer", "step"]).reset_index(drop=True),
+                                  check_dtype=False)
+
+
+def test_runs_are_deterministic_for_a_seed(tmp_path):
+    a, _ = compare(small(tmp_path / "a"))
+    b, _ = compare(small(tmp_path / "b"))
+    c, _ = compare(small(tmp_path / "c", seeds=(1,)))
+    pd.testing.assert_frame_equal(comparable(a), comparable(b))
+    assert not a["train_loss"].dropna().equals(c["train_loss"].dropna())
+
+
+@pytest.mark.parametrize("name", ["c-adamw", "apollo"])
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, name):
+    cfg = small(tmp_path / "full", optimizers=(name,), steps=8, eval_interval=2, update_proj_gap=3)
+    full, _ = compare(cfg)
+
+    saves = []
+    real_save = pretrain.save_checkpoint
+
+    def interrupted(path, payload):  # Ctrl-C right after the second checkpoint was written
+        real_save(path, payload)
+        saves.append(payload["step"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "save_checkpoint", interrupted)
+    cut = Config(**{**cfg.__dict__, "out": str(tmp_path / "cut")})
+    with pytest.raises(KeyboardInterrupt):
+        compare(cut)
+    assert saves == [2, 4] and checkpoint(cut.out, name)["step"] == 4
+    monkeypatch.setattr(pretrain, "save_checkpoint", real_save)
+    resumed, _ = compare(Config(**{**cut.__dict__, "resume": True}))
+    pd.testing.assert_frame_equal(comparable(resumed), comparable(full))
+    for key, value in checkpoint(cfg.out, name)["model"].items():
+        assert torch.equal(value, checkpoint(cut.out, name)["model"][key]), key
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    compare(small(tmp_path))
+    with pytest.raises(ValueError, match="differ from the checkpoint.*'steps': \\(6, 9\\)"):
+        compare(small(tmp_path, steps=9, resume=True))
+
+
+def test_resume_of_a_finished_run_trains_no_more(tmp_path):
+    first, _ = compare(small(tmp_path))
+    again, _ = compare(small(tmp_path, resume=True))
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_mae_run_on_an_idx_folder(tmp_path):
+    write_idx_set(tmp_path, n_train=40, n_test=16, size=28)
+    cfg = small(tmp_path / "out", task="mae", optimizers=("adamw", "c-lion"), batch_size=8, data_dir=str(tmp_path))
+    metrics, table = compare(cfg)
+    assert metrics.groupby("optimizer")["units"].max().eq(6 * 8).all()     # images seen
+    assert table["final val loss"].between(0.01, 10).all()
+
+
+def test_missing_image_data_is_an_error_not_random_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        compare(small(tmp_path, task="mae", data_dir=str(tmp_path)))
+
+
+# ---------------------------------------------------------------- several processes
+
+def test_two_ranks_match_one_process(tmp_path):
+    """torchrun with 2 gloo ranks trains on the same global batches as one process: the same
+    train losses and final weights to round-off; the runner checks that both ranks agree.
+    SGD with momentum keeps the update linear in the gradient, so the all-reduce's round-off is
+    not amplified (Adam's g/sqrt(v) turns it into relative differences of 1e-3 at coordinates
+    whose gradient is tiny)."""
+    args = ["llama", "--optimizers", "sgdm", "--lr", "0.3", "--seeds", "0", "--steps", "4", "--batch-size", "4",
+            "--seq-len", "16", "--eval-interval", "2", "--eval-batches", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "analysis.pretrain", *args, "--out", str(tmp_path / "ddp")],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "analysis.pretrain", *args, "--out", str(tmp_path / "one")],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    ddp, one = (pd.read_csv(tmp_path / d / "runs" / "sgdm_seed0.csv") for d in ("ddp", "one"))
+    assert "world size 2" in (tmp_path / "ddp" / "summary.md").read_text()
+    pd.testing.assert_series_equal(ddp["train_loss"], one["train_loss"], rtol=1e-5)
+    pd.testing.assert_series_equal(ddp["val_loss"], one["val_loss"], rtol=1e-5)
+    assert one["train_loss"].iloc[-1] < one["train_loss"].iloc[1]
+    for key, value in checkpoint(tmp_path / "ddp", "sgdm")["model"].items():
+        torch.testing.assert_close(value, checkpoint(tmp_path / "one", "sgdm")["model"][key], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- summary
+
+def fake_metrics() -> pd.DataFrame:
+    """Two seeds of two optimizers with known validation curves (evaluated every 10 steps)."""
+    curves = {"adamw": [4.0, 3.0, 2.0], "lion": [4.0, 2.5, 1.5]}
+    rows = []
+    for name, curve in curves.items():
+        for seed, shift in ((0, -0.1), (1, 0.1)):
+            for step in range(21):
+                val = curve[step // 10] + shift if step % 10 == 0 else math.nan
+                rows.append(dict(step=step, train_loss=1.0, val_loss=val, lr=1e-3, samples=step, units=10 * step,
+                                 wall_s=step / 2, state_bytes=2e6 if name == "adamw" else 1e6,
+                                 masked_fraction=math.nan, optimizer=name, seed=seed))
+    return pd.DataFrame(rows)
+
+
+def test_summary_against_hand_computed_values():
+    table = summarize(fake_metrics())
+    assert list(table.index) == ["lion", "adamw"]
+    assert table.loc["adamw", "final val loss"] == pytest.approx(2.0)
+    assert table.loc["adamw", "std"] == pytest.approx(math.sqrt(0.02))
+    assert table.loc["adamw", "units/s"] == pytest.approx(20.0) and table.loc["lion", "state MB"] == 1.0
+    # lion's mean curve 4.0, 2.5, 1.5 reaches adamw's final 2.0 halfway from step 10 to 20
+    assert table.loc["lion", "steps to adamw"] == pytest.approx(15.0)
+    assert table.loc["lion", "speed-up"] == pytest.approx(20 / 15)
+    assert table.loc["adamw", "speed-up"] == pytest.approx(1.0)
+
+
+def test_steps_to_reach_edge_cases():
+    curve = pd.Series([3.0, 2.0, 1.0], index=[0, 10, 20])
+    assert steps_to_reach(curve, 3.5) == 0.0
+    assert steps_to_reach(curve, 1.0) == 20.0
+    assert math.isnan(steps_to_reach(curve, 0.5))
+
+
+def test_summary_without_the_baseline_has_no_speed_up():
+    table = summarize(fake_metrics().query("optimizer == 'lion'"))
+    assert "speed-up" not in table.columns and table.loc["lion", "seeds"] == 2
+
+
+def test_markdown_table():
+    text = pretrain.markdown(summarize(fake_metrics()))
+    lines = text.splitlines()
+    assert lines[0].startswith("| optimizer | final val loss | std |") and lines[1].startswith("| --- |")
+    assert lines[2].startswith("| lion | 1.5 |") and len(lines) == 4
