@@ -37,7 +37,7 @@ from .data import load_images, load_text, sample_windows, TEXT_CORPORA
 from .models import llama, mae
 
 __all__ = ["Config", "DEFAULT_LR", "METRICS", "train", "compare", "load_metrics", "summarize",
-           "plot_val_loss", "main"]
+           "steps_to_reach", "plot_val_loss", "plot_masked_fraction", "markdown", "main"]
 
 TASKS = ("llama", "mae")
 METRICS = ("step", "train_loss", "val_loss", "lr", "samples", "units", "wall_s", "state_bytes",
@@ -404,6 +404,16 @@ def plot_val_loss(metrics: pd.DataFrame, ax=None):
     evals = evals[evals["step"] > 0]
     ax = sns.lineplot(data=evals, x="step", y="val_loss", hue="optimizer", errorbar="sd", ax=ax)
     ax.set(xlabel="step", ylabel="validation loss")
+    return ax
+
+
+def plot_masked_fraction(metrics: pd.DataFrame, ax=None):
+    """Fraction of coordinates the cautious mask zeroed vs step, for the cautious optimizers
+    (mean over seeds, a band of one std)."""
+    import seaborn as sns
+    masked = metrics.dropna(subset=["masked_fraction"])
+    ax = sns.lineplot(data=masked, x="step", y="masked_fraction", hue="optimizer", errorbar="sd", ax=ax)
+    ax.set(xlabel="step", ylabel="masked fraction")
     return ax
 
 
