@@ -47,11 +47,11 @@ sequences or images, ``units`` tokens or images seen; ``masked_fraction`` is the
 coordinates the cautious mask zeroed at that step (empty for optimizers without caution)."""
 
 DEFAULT_LR = {
-    "llama": {"adamw": 3e-3, "lion": 3e-4, "apollo": 1e-2, "apollo-mini": 1e-2},
-    "mae": {"adamw": 3e-3, "lion": 3e-4, "apollo": 1e-2, "apollo-mini": 1e-2},
+    "llama": {"adamw": 1e-3, "lion": 1e-3, "apollo": 1e-2, "apollo-mini": 1e-2},
+    "mae": {"adamw": 3e-2, "lion": 1e-3, "apollo-mini": 3e-2},
 }
 """Peak learning rates of the tiny configs, keyed by base optimizer (a ``c-`` twin uses its
-base's rate, as the cautious paper does). How they were chosen: README "Pretraining"."""
+base's rate, as the cautious paper does). How they were chosen: README "Pretraining comparisons"."""
 
 
 @dataclass
@@ -163,7 +163,10 @@ class MAETask:
         self.model_config = mae.CONFIGS[cfg.model]
         self.train_images = images.train_images
         val = torch.Generator().manual_seed(0)
-        n = min(cfg.batch_size, len(images.test_images))
+        n = cfg.batch_size
+        if n * cfg.eval_batches > len(images.test_images):
+            raise ValueError(f"{cfg.eval_batches} validation batches of {n} images need more than the "
+                             f"{len(images.test_images)} test images of {images.source}")
         self.val = [self._pixels(images.test_images[i * n:(i + 1) * n], val) for i in range(cfg.eval_batches)]
 
     def _pixels(self, images: torch.Tensor, generator: torch.Generator):
