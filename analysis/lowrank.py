@@ -40,10 +40,17 @@ since the start; here they see the ``window`` captured steps, from zero.
 **Gradient sources.** :func:`synthetic_records` (i.i.d. Gaussian, low rank plus noise,
 heavy-tailed rows) and real gradients: :class:`GradientCapture` is the hook the pretraining runner
 calls after backward (and the data-parallel all-reduce), before clipping; :meth:`GradientCapture.save`
-writes one ``torch.save`` file; :func:`load_gradients` reads its records back.
+writes one ``torch.save`` file; :func:`load_gradients` reads its records back; :func:`capture_run`
+trains a LLaMA run with capture on (``python -m analysis.pretrain llama --capture-grads 0,100,190
+--capture-window 8``), or returns its file when it is already there.
+
+**On real gradients** (tiny LLaMA, 200 AdamW steps; README "Low-rank error", notebook 06), the
+paper's ratios reproduce: 0.370 at r = n/8 and 0.518 at n/4 over q, k, v, o, gate, up, down at
+three depths and three training points, each kind and depth within 0.36-0.38 and 0.50-0.53.
 
 Entry points: :func:`full_factors`, :func:`lowrank_factors`, :func:`sweep`, :func:`study`,
-:func:`paper_comparison`, :func:`pivot`, :func:`plot_ratio_vs_rank`, :func:`plot_heatmap`, and the command line
+:func:`paper_comparison`, :func:`draw_noise`, :func:`pivot`, :func:`plot_ratio_vs_rank`, :func:`plot_heatmap`,
+:func:`capture_run`, and the command line
 ``python -m analysis.lowrank --source synthetic|run:PATH --ranks 1,2,4 --out DIR``.
 """
 from __future__ import annotations
@@ -67,8 +74,8 @@ from zoo.projection import channel_norm, gaussian, next_seed, project, rows_kept
 
 __all__ = ["BETAS", "EPS", "PAPER_RATIOS", "SYNTHETIC_KINDS", "LAYER_KINDS", "FORMAT",
            "GradientRecord", "synthetic_gradients", "synthetic_records",
-           "default_select", "GradientCapture", "load_gradients", "load_meta",
-           "rank_sweep", "AdamFactors", "full_factors", "lowrank_factors", "sweep", "study",
+           "default_select", "GradientCapture", "load_gradients", "load_meta", "capture_run",
+           "rank_sweep", "AdamFactors", "full_factors", "lowrank_factors", "sweep", "study", "draw_noise",
            "paper_comparison", "pivot", "plot_ratio_vs_rank", "plot_heatmap", "main"]
 
 BETAS = (0.9, 0.999)
@@ -243,6 +250,43 @@ def load_meta(path) -> dict:
     """The ``meta`` dict of a :meth:`GradientCapture.save` file, with its ``window`` added."""
     data = _load(path)
     return dict(data["meta"], window=data["window"])
+
+
+def capture_run(out, *, model: str = "tiny", steps: int = 200, at_steps: Sequence[int] = (0, 100, 190),
+                window: int = 8, optimizer: str = "adamw", seed: int = 0, rerun: bool = False,
+                **settings) -> Path:
+    """The gradient file of a LLaMA pretraining run with capture on, trained if need be.
+
+    Returns ``out/grads/<optimizer>_seed<seed>.pt``. When that file exists and records the same
+    model, optimizer, seed, total steps, window and start steps, it is loaded as it is (the
+    analysis re-runs without retraining); otherwise (or with ``rerun=True``) the run is trained
+    by :func:`analysis.pretrain.compare` into ``out``, which writes it. ``settings`` are further
+    :class:`analysis.pretrain.Config` fields (``batch_size``, ``seq_len``, ``eval_batches``,
+    ``lr``, ``device``, ...); the file does not record them, so a present file is not checked
+    against them: pass ``rerun=True`` after changing one. Every window must end by ``steps``.
+
+    The same as ``python -m analysis.pretrain llama --model MODEL --optimizers OPTIMIZER --seeds
+    SEED --steps STEPS --capture-grads AT_STEPS --capture-window WINDOW --out OUT``."""
+    at_steps = sorted({int(s) for s in at_steps})
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"Invalid window: {window!r}; allowed an int >= 1")
+    if not at_steps or at_steps[0] < 0 or at_steps[-1] + window > steps:
+        raise ValueError(f"Invalid at_steps: {at_steps!r}; allowed a non-empty sequence of ints s >= 0 "
+                         f"with s + window <= steps ({window} + s <= {steps})")
+    path = Path(out) / "grads" / f"{optimizer}_seed{seed}.pt"
+    wanted = dict(task="llama", model=model, optimizer=optimizer, seed=seed, steps=steps, window=window)
+    if path.exists() and not rerun:
+        data = _load(path)
+        meta = dict(data["meta"], window=data["window"])
+        starts = sorted({rec["start"] for rec in data["records"]})
+        if all(meta.get(k) == v for k, v in wanted.items()) and starts == at_steps:
+            return path
+    from .pretrain import Config, compare   # here: the runner imports this module
+
+    compare(Config(**{"progress": False, **settings, "task": "llama", "model": model, "optimizers": (optimizer,),
+                      "seeds": (seed,), "steps": steps, "capture_grads": tuple(at_steps),
+                      "capture_window": window, "out": str(out)}))
+    return path
 
 
 # ----------------------------------------------------------------------------- the factors
@@ -453,16 +497,21 @@ def sweep(grads: Tensor, ranks: Sequence[int] | None = None, proj="random", *, s
 
 def study(records: Sequence[GradientRecord], ranks: Sequence[int] | None = None,
           projs: Sequence = ("random",), gaps: Sequence[int | None] = (None,), *, seed: int = 0,
-          **options) -> pd.DataFrame:
+          draws: int = 1, **options) -> pd.DataFrame:
     """:func:`sweep` for every record, projection kind and refresh gap, in one frame with the
-    columns name, label, layer, kind, step, m, n_cols (the weight's shape), steps, proj, gap
-    ahead of :data:`SWEEP_COLUMNS`. Record i is projected with seed ``seed + i + 1`` (the zoo's
-    seeds for the records as the parameters of one group). Ranks above a record's compressed
-    dimension are left out for that record; ``ranks=None`` is :func:`rank_sweep` of each.
-    ``options`` go to :func:`sweep` (delta, band_eps, betas, eps, bias_correction)."""
+    columns name, label, layer, kind, step, m, n_cols (the weight's shape), steps, proj, gap,
+    draw ahead of :data:`SWEEP_COLUMNS`. Record i is projected with seed ``seed + i + 1`` (the
+    zoo's seeds for the records as the parameters of one group). ``draws`` > 1 repeats the random
+    projection with independent draws (draw d: seed ``seed + d·len(records) + i + 1``; the SVD
+    projection has no draw, it comes once, as draw 0): :func:`draw_noise` separates what the
+    draw of P does from what the weight does. Ranks above a record's compressed dimension are
+    left out for that record; ``ranks=None`` is :func:`rank_sweep` of each. ``options`` go to
+    :func:`sweep` (delta, band_eps, betas, eps, bias_correction)."""
     for proj in projs:
         if not (isinstance(proj, str) and proj in ("random", "svd")):
             raise ValueError(f"Invalid proj: {proj!r}; allowed 'random', 'svd'")
+    if isinstance(draws, bool) or not isinstance(draws, numbers.Integral) or draws < 1:
+        raise ValueError(f"Invalid draws: {draws!r}; allowed an int >= 1")
     if not records:
         raise ValueError("no gradient records to study")
     frames = []
@@ -470,33 +519,92 @@ def study(records: Sequence[GradientRecord], ranks: Sequence[int] | None = None,
         grads = _check_grads(rec.grads)
         n = compressed_dim(grads.shape[1:])
         kept = rank_sweep(n) if ranks is None else [r for r in ranks if r <= n]
+        if not kept:
+            continue
         moments = {k: options[k] for k in ("betas", "eps", "bias_correction", "scale_eps") if k in options}
         full = full_factors(grads, **moments)
         for proj in projs:
             for gap in gaps:
-                frame = sweep(grads, kept, proj, seed=seed + i + 1, gap=gap, full=full, **options)
-                context = {"name": rec.name, "label": rec.label, "layer": rec.layer, "kind": rec.kind,
-                           "step": rec.step, "m": grads.shape[1], "n_cols": grads.shape[2],
-                           "steps": len(grads), "proj": proj, "gap": gap if gap else len(grads)}
-                frames.append(frame.assign(**context)[list(context) + list(SWEEP_COLUMNS)])
+                for draw in range(draws if proj == "random" else 1):
+                    frame = sweep(grads, kept, proj, seed=seed + draw * len(records) + i + 1, gap=gap, full=full,
+                                  **options)
+                    context = {"name": rec.name, "label": rec.label, "layer": rec.layer, "kind": rec.kind,
+                               "step": rec.step, "m": grads.shape[1], "n_cols": grads.shape[2],
+                               "steps": len(grads), "proj": proj, "gap": gap if gap else len(grads), "draw": draw}
+                    frames.append(frame.assign(**context)[list(context) + list(SWEEP_COLUMNS)])
+    if not frames:
+        raise ValueError(f"no record has a compressed dimension >= the smallest rank asked for ({min(ranks)})")
     return pd.concat(frames, ignore_index=True)
 
 
-def paper_comparison(frame: pd.DataFrame, by: str | Sequence[str] = "kind") -> pd.DataFrame:
-    """The paper's measured ratios (:data:`PAPER_RATIOS`) beside ours: one row per r/n of the
-    paper and per group ``by`` (channel-wise rows of a :func:`study` frame with that r/n), with
-    √(r/n), the paper's figure, our mean raw ratio s^R/s (over channels, then records), its
-    spread over records (min, max) and the mean relative error."""
+def draw_noise(frame: pd.DataFrame, by: str | Sequence[str] = (), *, scale: str = "channel") -> pd.DataFrame:
+    """Is the spread of s^R/s across weights the weights' or the draw's? For the random-projection
+    rows of a :func:`study` frame with ``draws`` > 1, per rank (and group ``by``): ``mean`` raw
+    ratio, ``within`` (the std over draws of one record's ratio, averaged over records),
+    ``between`` (the std over records of their draw-averaged ratios) and ``noise_floor``
+    (within/√draws: what ``between`` would be if the records did not differ at all), with the
+    numbers of draws and records. ``between`` near ``noise_floor``: the weights agree, and one
+    draw's record-to-record differences are the projection's."""
     by = [by] if isinstance(by, str) else list(by)
-    rows = frame[(frame["scale"] == "channel")
+    rows = frame[(frame["scale"] == scale) & (frame["proj"] == "random")]
+    record = ["name", "step", "gap"]
+    groups = ["rank", "r_over_n"] + by
+    per_record = rows.groupby(groups + [k for k in record if k not in by])["raw_ratio"].agg(["mean", "std", "size"])
+    if per_record["size"].min() < 2:
+        raise ValueError("draw_noise needs a study with draws >= 2 (random projection)")
+    table = per_record.groupby(groups).agg(mean=("mean", "mean"), within=("std", "mean"), between=("mean", "std"),
+                                           draws=("size", "min"), records=("mean", "size")).reset_index()
+    table.insert(table.columns.get_loc("between") + 1, "noise_floor", table["within"] / table["draws"].pow(0.5))
+    table.insert(2, "sqrt_r_over_n", table["r_over_n"].map(math.sqrt))
+    return table.sort_values(groups, key=_kind_order, kind="stable", ignore_index=True)
+
+
+def _kind_order(column: pd.Series) -> pd.Series:
+    """Sort key: q, k, v, o, gate, up, down in :data:`LAYER_KINDS` order (other kinds after)."""
+    if column.name != "kind":
+        return column
+    return column.map(lambda k: LAYER_KINDS.index(k) if k in LAYER_KINDS else len(LAYER_KINDS))
+
+
+def paper_comparison(frame: pd.DataFrame, by: str | Sequence[str] = "kind", *, scale: str = "channel",
+                     wide: bool = False) -> pd.DataFrame:
+    """The paper's measured ratios (:data:`PAPER_RATIOS`) beside ours: one row per r/n of the
+    paper and per group ``by``, from the rows of a :func:`study` frame with that r/n and
+    ``scale`` ("channel", the paper's, or "tensor"). Columns: √(r/n), the paper's figure, our
+    raw ratio s^R/s (``ours``: the channels' mean, averaged over the group's records), the
+    channels' 5% and 95% quantiles of s^R_j/s_j (``ours_q05``, ``ours_q95``: each record's,
+    averaged over the group's records; for the tensor they equal ``ours``), the range of the
+    records' means (``ours_min``, ``ours_max``: how much one weight, or one draw of P, moves
+    it), the mean relative error |√(n/r)·s^R/s - 1| and the number of records.
+
+    ``wide=True``: one row per group, columns (r/n with the paper's figure, statistic) for
+    ours, 5%, 95%, min and max."""
+    by = [by] if isinstance(by, str) else list(by)
+    rows = frame[(frame["scale"] == scale)
                  & frame["r_over_n"].apply(lambda x: any(math.isclose(x, p) for p in PAPER_RATIOS))]
-    rows = rows.assign(r_over_n=rows["r_over_n"].map(lambda x: min(PAPER_RATIOS, key=lambda p: abs(p - x))))
+    rows = rows.assign(r_over_n=rows["r_over_n"].map(lambda x: min(PAPER_RATIOS, key=lambda p: abs(p - x))),
+                       q05=rows["ratio_q05"] * rows["sqrt_r_over_n"], q95=rows["ratio_q95"] * rows["sqrt_r_over_n"])
     table = rows.groupby(["r_over_n"] + by).agg(
-        ours=("raw_ratio", "mean"), ours_min=("raw_ratio", "min"), ours_max=("raw_ratio", "max"),
+        ours=("raw_ratio", "mean"), ours_q05=("q05", "mean"), ours_q95=("q95", "mean"),
+        ours_min=("raw_ratio", "min"), ours_max=("raw_ratio", "max"),
         rel_error=("rel_error", "mean"), records=("raw_ratio", "size")).reset_index()
+    table = table.sort_values(["r_over_n"] + by, key=_kind_order, kind="stable", ignore_index=True)
     table.insert(len(by) + 1, "sqrt_r_over_n", table["r_over_n"].map(math.sqrt))
     table.insert(len(by) + 2, "paper", table["r_over_n"].map(PAPER_RATIOS))
-    return table
+    if not wide or table.empty:
+        return table
+    stats = {"ours": "mean", "ours_q05": "5%", "ours_q95": "95%", "ours_min": "min", "ours_max": "max"}
+    table = table.assign(r_over_n=[f"r = n/{round(1 / x)} (paper {p:g})" for x, p in
+                                   zip(table["r_over_n"], table["paper"])])
+    groups = list(dict.fromkeys(table[by].itertuples(index=False, name=None)))
+    wide_table = table.pivot(index=by, columns="r_over_n", values=list(stats)).rename(columns=stats)
+    wide_table = wide_table.reindex(pd.MultiIndex.from_tuples(groups, names=by) if len(by) > 1
+                                    else pd.Index([g[0] for g in groups], name=by[0]))
+    wide_table.columns = wide_table.columns.swaplevel(0, 1)
+    order = [f"r = n/{round(1 / x)} (paper {p:g})" for x, p in sorted(PAPER_RATIOS.items())]
+    wide_table = wide_table[[(r, s) for r in order for s in stats.values() if (r, s) in wide_table.columns]]
+    wide_table.columns.names = [None, None]
+    return wide_table
 
 
 def pivot(frame: pd.DataFrame, value: str | list[str] = "raw_ratio", index: str | Sequence[str] = "name",
@@ -582,32 +690,52 @@ def load_source(source: str, *, kinds=SYNTHETIC_KINDS, shapes=((1024, 512),), st
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """``python -m analysis.lowrank``: writes DIR/lowrank.csv, DIR/ratio_vs_rank.png and
-    DIR/heatmap.png, and prints the comparison with the paper."""
+    DIR/heatmap.png, and prints the comparison with the paper (:func:`paper_comparison`, one
+    table per projection, refresh gap and ``--by`` column)."""
+    import matplotlib.pyplot as plt
+
     parser = argparse.ArgumentParser(prog="python -m analysis.lowrank", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="synthetic", help="'synthetic' or 'run:PATH' (GradientCapture file)")
     parser.add_argument("--ranks", type=_ints, help="comma-separated ranks (default 1, 2, 4, ..., n per weight)")
     parser.add_argument("--proj", default="random", help="comma-separated: random, svd")
     parser.add_argument("--gaps", default="", help="comma-separated refresh gaps T (default: one P per window)")
+    parser.add_argument("--draws", type=int, default=1, help="independent draws of the random projection")
     parser.add_argument("--delta", type=float, default=0.1, help="Theorem A.4's δ for the band")
     parser.add_argument("--eps", type=float, default=EPS, help="Adam's eps")
     parser.add_argument("--seed", type=int, default=0, help="projection (and synthetic data) seed")
     parser.add_argument("--kinds", default=",".join(SYNTHETIC_KINDS), help="synthetic kinds")
     parser.add_argument("--shape", type=_shapes, default=[(1024, 512)], help="synthetic shapes, e.g. 1024x512,512x1024")
     parser.add_argument("--steps", type=int, default=8, help="synthetic window length")
+    parser.add_argument("--by", default=None, help="comma-separated columns to group the comparison with the paper "
+                        "by (default: name for synthetic, kind,layer,step for a run)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     args = parser.parse_args(argv)
     records = load_source(args.source, kinds=args.kinds.split(","), shapes=args.shape, steps=args.steps,
                           seed=args.seed)
     gaps = _ints(args.gaps) or [None]
-    frame = study(records, args.ranks, args.proj.split(","), gaps, seed=args.seed, delta=args.delta, eps=args.eps)
+    frame = study(records, args.ranks, args.proj.split(","), gaps, seed=args.seed, draws=args.draws,
+                  delta=args.delta, eps=args.eps)
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "lowrank.csv", index=False)
-    hue = "name" if args.source == "synthetic" else "kind" if frame["kind"].notna().all() else "label"
+    named = frame["kind"].notna().all() and frame["layer"].notna().all()
+    hue = "name" if args.source == "synthetic" else "kind" if named else "label"
+    by = args.by.split(",") if args.by else ["name"] if args.source == "synthetic" else \
+        ["kind", "layer", "step"] if named else ["label"]
     first = frame[(frame["proj"] == frame["proj"].iloc[0]) & (frame["gap"] == frame["gap"].iloc[0])]
-    plot_ratio_vs_rank(first, hue=hue).savefig(args.out / "ratio_vs_rank.png", dpi=120)
-    plot_heatmap(first).savefig(args.out / "heatmap.png", dpi=120)
-    print(paper_comparison(frame, by=["proj", "gap", hue]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for name, fig in (("ratio_vs_rank.png", plot_ratio_vs_rank(first, hue=hue)), ("heatmap.png", plot_heatmap(first))):
+        fig.savefig(args.out / name, dpi=120)
+        plt.close(fig)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        for (proj, gap), part in frame.groupby(["proj", "gap"], sort=False):
+            for column in by:
+                table = paper_comparison(part, by=column, wide=True)
+                if len(table):
+                    print(f"\n{proj} projection, refresh gap T = {gap}, eps = {args.eps:g}: channel-wise s^R/s "
+                          f"by {column} (mean and 5-95% over channels; min-max of the records' means), "
+                          f"beside the paper")
+                    print(table.to_string(float_format=lambda x: f"{x:.3f}"))
+    print(f"\nwritten: {args.out / 'lowrank.csv'}, {args.out / 'ratio_vs_rank.png'}, {args.out / 'heatmap.png'}")
     return frame
 
 

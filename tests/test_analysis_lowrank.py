@@ -3,6 +3,7 @@ import math
 from functools import partial
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -205,6 +206,49 @@ def test_study_paper_comparison_and_rank_sweep():
     assert (table["paper"] == table["r_over_n"].map(lowrank.PAPER_RATIOS)).all()
 
 
+def test_paper_comparison_quantiles_wide_table_and_kind_order():
+    records = [lowrank.GradientRecord(f"layers.{layer}.{kind}", layer, kind, 0, randn(3, 16, 8, seed=layer))
+               for kind in ("down", "q", "up", "k") for layer in (0, 1)]
+    frame = lowrank.study(records, ranks=[1, 2, 4])            # n = 8: r = n/8 and n/4 are 1 and 2
+    table = lowrank.paper_comparison(frame, by="kind")
+    assert list(table["kind"]) == ["q", "k", "up", "down"] * 2 and list(table["r_over_n"]) == [0.125] * 4 + [0.25] * 4
+    rows = frame[(frame["scale"] == "channel") & (frame["kind"] == "up") & (frame["rank"] == 2)]
+    got = table[(table["kind"] == "up") & (table["r_over_n"] == 0.25)].iloc[0]
+    assert got["ours"] == pytest.approx(rows["raw_ratio"].mean())
+    assert got["ours_q05"] == pytest.approx((rows["ratio_q05"] * 0.5).mean())
+    assert got["ours_q95"] == pytest.approx((rows["ratio_q95"] * 0.5).mean())
+    assert (got["ours_min"], got["ours_max"], got["records"]) == (rows["raw_ratio"].min(), rows["raw_ratio"].max(), 2)
+    wide = lowrank.paper_comparison(frame, by="kind", wide=True)
+    assert list(wide.index) == ["q", "k", "up", "down"]
+    assert list(wide.columns) == [(f"r = n/{d} (paper {p})", s) for d, p in ((8, 0.35), (4, 0.5))
+                                  for s in ("mean", "5%", "95%", "min", "max")]
+    assert wide.loc["up", ("r = n/4 (paper 0.5)", "5%")] == pytest.approx(got["ours_q05"])
+    tensor = lowrank.paper_comparison(frame, by=["layer", "kind"], scale="tensor", wide=True)
+    assert tensor.shape == (8, 10)
+    np.testing.assert_allclose(tensor.xs("5%", axis=1, level=1), tensor.xs("mean", axis=1, level=1), rtol=1e-12)
+    assert lowrank.paper_comparison(frame[frame["rank"] == 4], by="kind", wide=True).empty   # r = n/2: not the paper's
+
+
+def test_draws_and_draw_noise():
+    records = lowrank.synthetic_records(("gaussian", "lowrank"), shapes=((40, 16),), steps=3)
+    frame = lowrank.study(records, ranks=[2, 4], projs=("random", "svd"), draws=3)
+    assert frame.groupby("proj")["draw"].unique().map(list).to_dict() == {"random": [0, 1, 2], "svd": [0]}
+    one = lowrank.study(records, ranks=[2, 4])
+    pd.testing.assert_frame_equal(frame[(frame["proj"] == "random") & (frame["draw"] == 0)].reset_index(drop=True), one)
+    noise = lowrank.draw_noise(frame)
+    assert list(noise["rank"]) == [2, 4] and (noise["draws"] == 3).all() and (noise["records"] == 2).all()
+    per_record = frame[(frame["proj"] == "random") & (frame["scale"] == "channel") & (frame["rank"] == 4)].groupby(
+        "name")["raw_ratio"]
+    row = noise.iloc[1]
+    assert row["within"] == pytest.approx(per_record.std().mean()) and row["within"] > 0
+    assert row["between"] == pytest.approx(per_record.mean().std())
+    assert row["noise_floor"] == pytest.approx(row["within"] / math.sqrt(3))
+    assert row["mean"] == pytest.approx(per_record.mean().mean())
+    assert len(lowrank.draw_noise(frame, by="kind")) == 2 * 2
+    with pytest.raises(ValueError, match="draws >= 2"):
+        lowrank.draw_noise(one)
+
+
 # ----------------------------------------------------------------------------- the capture hook
 
 class Block(nn.Module):
@@ -317,6 +361,12 @@ def test_cli_run_source(tmp_path):
     (lambda: lowrank.synthetic_gradients("cauchy"), "allowed 'gaussian', 'lowrank', 'heavy_rows'"),
     (lambda: lowrank.lowrank_factors(randn(2, 6, 4), [2], "qr"), "allowed 'random', 'svd'"),
     (lambda: lowrank.study([], projs=("qr",)), "allowed 'random', 'svd'"),
+    (lambda: lowrank.study(lowrank.synthetic_records(shapes=((6, 4),), steps=2), draws=0),
+     "draws.*allowed an int >= 1"),
+    (lambda: lowrank.study(lowrank.synthetic_records(shapes=((6, 4),)), ranks=[8]), "compressed dimension"),
+    (lambda: lowrank.capture_run("x", steps=10, at_steps=[5], window=8), r"s \+ window <= steps"),
+    (lambda: lowrank.capture_run("x", at_steps=[]), "at_steps.*non-empty"),
+    (lambda: lowrank.capture_run("x", window=0), "window.*allowed an int >= 1"),
     (lambda: lowrank.lowrank_factors(randn(2, 6, 4), [5]), r"allowed ints in \[1, 4\]"),
     (lambda: lowrank.lowrank_factors(randn(2, 6, 4), [0]), r"allowed ints in \[1, 4\]"),
     (lambda: lowrank.lowrank_factors(randn(2, 6, 4), [2], gap=0), "gap.*allowed an int >= 1"),
@@ -337,3 +387,54 @@ def test_not_a_capture_file(tmp_path):
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a gradient file"):
         lowrank.load_gradients(tmp_path / "other.pt")
+
+
+# ----------------------------------------------------------------------------- the real runner
+
+def test_pretraining_runner_captures_real_gradients_for_the_analysis(tmp_path, monkeypatch):
+    """analysis.pretrain with capture on (tiny LLaMA, 4 steps): the file holds windows of the
+    first, middle and last layer's seven weights at the asked start steps, with the tiny model's
+    shapes and the gradients before clipping; a present file is loaded, not retrained; the
+    command line analyses every recorded weight."""
+    from analysis import pretrain
+    from analysis.models import llama
+
+    settings = dict(batch_size=4, seq_len=16, eval_batches=1)
+    path = lowrank.capture_run(tmp_path, steps=4, at_steps=(2, 0), window=2, **settings)
+    assert path == tmp_path / "grads" / "adamw_seed0.pt" and (tmp_path / "runs" / "adamw_seed0.csv").exists()
+    assert lowrank.load_meta(path) == dict(task="llama", model="tiny", optimizer="adamw", seed=0, steps=4, window=2)
+    records = lowrank.load_gradients(path)
+    tiny = llama.CONFIGS["tiny"]
+    d, hidden, layers = tiny.dim, tiny.mlp_hidden, tiny.n_layers
+    shapes = {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d), "gate": (hidden, d), "up": (hidden, d),
+              "down": (d, hidden)}
+    depths = (0, layers // 2, layers - 1)   # first, middle, last
+    assert sorted((r.step, r.layer, r.kind) for r in records) == sorted(
+        (step, layer, kind) for step in (0, 2) for layer in depths for kind in lowrank.LAYER_KINDS)
+    for rec in records:
+        assert rec.grads.shape == (2, *shapes[rec.kind]) and rec.grads.dtype == torch.bfloat16, rec.label
+        assert torch.isfinite(rec.grads).all() and (rec.grads.float().norm(dim=(1, 2)) > 0).all(), rec.label
+    # step 0 is the gradient of the seed's initial weights on its first batch, before clipping
+    cfg = pretrain.Config(**settings, optimizers=("adamw",), seeds=(0,), steps=4, out=str(tmp_path), progress=False)
+    task = pretrain.LlamaTask(cfg)
+    torch.manual_seed(0)
+    model = task.build_model()
+    task.loss(model, task.batch(torch.Generator().manual_seed(0))).backward()
+    grads = dict(model.named_parameters())
+    for rec in records[:7]:
+        assert torch.equal(rec.grads[0], grads[rec.name].grad.to(torch.bfloat16)), rec.name
+
+    def no_training(cfg):
+        raise AssertionError("a matching capture file must be loaded, not retrained")
+    monkeypatch.setattr(pretrain, "compare", no_training)
+    assert lowrank.capture_run(tmp_path, steps=4, at_steps=[0, 2], window=2, **settings) == path
+    asked = []
+    monkeypatch.setattr(pretrain, "compare", asked.append)
+    lowrank.capture_run(tmp_path, steps=4, at_steps=[1], window=2, **settings)   # other start steps: trains
+    assert [(c.capture_grads, c.capture_window, c.batch_size, c.progress) for c in asked] == [((1,), 2, 4, False)]
+
+    frame = lowrank.main(["--source", f"run:{path}", "--ranks", "16,32", "--out", str(tmp_path / "lowrank")])
+    assert frame.groupby("label").size().to_dict() == {rec.label: 2 * 2 for rec in records}   # ranks x scales
+    assert frame["raw_ratio"].notna().all() and (tmp_path / "lowrank" / "lowrank.csv").exists()
+    table = lowrank.paper_comparison(frame, by=["step", "layer"], wide=True)
+    assert table.shape == (2 * 3, 2 * 5) and table.notna().all().all()
