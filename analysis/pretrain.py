@@ -111,6 +111,8 @@ class Config:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        for name in self.optimizers:
+            self.peak_lr(name)  # every optimizer has a learning rate before anything trains
 
     def peak_lr(self, name: str) -> float:
         """The learning rate of optimizer ``name``: ``lr`` if given, else :data:`DEFAULT_LR`."""
@@ -493,12 +495,15 @@ def parse_args(argv=None) -> Config:
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
                        choices=("auto", "cpu", "cuda") if f.name == "device" else None)
     args = vars(p.parse_args(argv))
-    args["optimizers"] = tuple(n.strip() for n in args["optimizers"].split(",") if n.strip())
-    args["seeds"] = _ints(args["seeds"])
-    args["lr"] = _lrs(args["lr"], args["optimizers"]) if args["lr"] else {}
-    args["capture_grads"] = _ints(args["capture_grads"])
     args["out"] = args["out"] or f"runs/{args['task']}"
-    return Config(**args)
+    try:
+        args["optimizers"] = tuple(n.strip() for n in args["optimizers"].split(",") if n.strip())
+        args["seeds"] = _ints(args["seeds"])
+        args["lr"] = _lrs(args["lr"], args["optimizers"]) if args["lr"] else {}
+        args["capture_grads"] = _ints(args["capture_grads"])
+        return Config(**args)
+    except (ValueError, KeyError) as error:  # a bad setting: usage and the reason, no traceback
+        p.error(error.args[0] if error.args else str(error))
 
 
 def main(argv=None) -> None:

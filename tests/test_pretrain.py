@@ -59,6 +59,17 @@ def test_bad_settings_are_refused(overrides, match):
         Config(**overrides)
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["llama", "--optimizers", "muon"], "pass --lr muon=VALUE"),
+    (["llama", "--lr", "adamw=fast"], "could not convert string to float"),
+    (["mae", "--seeds", "0,x"], "invalid literal"),
+])
+def test_command_line_errors_are_usage_errors(capsys, argv, match):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
 def test_no_silent_default_learning_rate():
     with pytest.raises(ValueError, match="pass --lr muon=VALUE"):
         Config(optimizers=("muon",)).peak_lr("muon")
