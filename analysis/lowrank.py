@@ -159,6 +159,11 @@ def default_select(name: str, param: Tensor) -> bool:
     return param.dim() == 2 and _parse_name(name)[0] is not None
 
 
+def _check_window(window) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"Invalid window: {window!r}; allowed an int >= 1")
+
+
 class GradientCapture:
     """Records windows of consecutive gradients of selected weights during training.
 
@@ -178,8 +183,7 @@ class GradientCapture:
     def __init__(self, model: torch.nn.Module, *, at_steps: Sequence[int], window: int = 8,
                  select: Callable[[str, Tensor], bool] = default_select, dtype=torch.bfloat16,
                  depths: str | Sequence[int] | None = "first-middle-last"):
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"Invalid window: {window!r}; allowed an int >= 1")
+        _check_window(window)
         at_steps = list(at_steps)
         if not at_steps or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in at_steps):
             raise ValueError(f"Invalid at_steps: {at_steps!r}; allowed a non-empty sequence of ints >= 0")
@@ -246,10 +250,18 @@ def load_gradients(path) -> list[GradientRecord]:
             for rec in _load(path)["records"]]
 
 
+def _meta(data: dict) -> dict:
+    return dict(data["meta"], window=data["window"])
+
+
 def load_meta(path) -> dict:
     """The ``meta`` dict of a :meth:`GradientCapture.save` file, with its ``window`` added."""
-    data = _load(path)
-    return dict(data["meta"], window=data["window"])
+    return _meta(_load(path))
+
+
+def capture_path(out, optimizer: str, seed: int) -> Path:
+    """Where the pretraining runner writing into ``out`` saves the gradients of one run."""
+    return Path(out) / "grads" / f"{optimizer}_seed{seed}.pt"
 
 
 def capture_run(out, *, model: str = "tiny", steps: int = 200, at_steps: Sequence[int] = (0, 100, 190),
@@ -268,16 +280,15 @@ def capture_run(out, *, model: str = "tiny", steps: int = 200, at_steps: Sequenc
     The same as ``python -m analysis.pretrain llama --model MODEL --optimizers OPTIMIZER --seeds
     SEED --steps STEPS --capture-grads AT_STEPS --capture-window WINDOW --out OUT``."""
     at_steps = sorted({int(s) for s in at_steps})
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"Invalid window: {window!r}; allowed an int >= 1")
+    _check_window(window)
     if not at_steps or at_steps[0] < 0 or at_steps[-1] + window > steps:
         raise ValueError(f"Invalid at_steps: {at_steps!r}; allowed a non-empty sequence of ints s >= 0 "
                          f"with s + window <= steps ({window} + s <= {steps})")
-    path = Path(out) / "grads" / f"{optimizer}_seed{seed}.pt"
+    path = capture_path(out, optimizer, seed)
     wanted = dict(task="llama", model=model, optimizer=optimizer, seed=seed, steps=steps, window=window)
     if path.exists() and not rerun:
         data = _load(path)
-        meta = dict(data["meta"], window=data["window"])
+        meta = _meta(data)
         starts = sorted({rec["start"] for rec in data["records"]})
         if all(meta.get(k) == v for k, v in wanted.items()) and starts == at_steps:
             return path

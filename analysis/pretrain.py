@@ -67,7 +67,7 @@ class Config:
     lr: dict[str, float] = field(default_factory=dict)  # overrides DEFAULT_LR, by name
     warmup: int | None = None                  # default: 10% of steps
     min_lr_ratio: float = 0.1
-    weight_decay: float | None = None          # default: 0 for llama, 0.05 for mae
+    weight_decay: float | None = None          # None: 0 for llama, 0.05 for mae
     grad_clip: float = 1.0                     # 0 disables
     rank: int | None = None                    # low-rank optimizers; default a quarter of the width
     update_proj_gap: int = 200
@@ -88,6 +88,8 @@ class Config:
             raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
         if self.batch_size is None:
             self.batch_size = 16 if self.task == "llama" else 128
+        if self.weight_decay is None:
+            self.weight_decay = 0.0 if self.task == "llama" else 0.05
         configs = (llama if self.task == "llama" else mae).CONFIGS
         if self.model not in configs:
             raise ValueError(f"unknown {self.task} model {self.model!r}; allowed: {', '.join(configs)}")
@@ -97,8 +99,6 @@ class Config:
             raise ValueError(f"unknown device {self.device!r}; allowed: auto, cpu, cuda")
         if not self.optimizers or not self.seeds:
             raise ValueError("need at least one optimizer and one seed")
-        for name in self.optimizers:
-            zoo.info(name)  # UnknownOptimizerError lists the registered names
         unknown = set(self.lr) - set(self.optimizers)
         if unknown:
             raise ValueError(f"--lr names {sorted(unknown)}, which are not in --optimizers {list(self.optimizers)}")
@@ -111,7 +111,7 @@ class Config:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
-        for name in self.optimizers:
+        for name in self.optimizers:  # an unknown name raises UnknownOptimizerError, listing the known ones
             self.peak_lr(name)  # every optimizer has a learning rate before anything trains
 
     def peak_lr(self, name: str) -> float:
@@ -129,7 +129,6 @@ class Config:
 
 class LlamaTask:
     """Next-byte prediction with :class:`analysis.models.llama.Llama` on a text corpus."""
-    unit = "tokens"
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -157,7 +156,6 @@ class LlamaTask:
 
 class MAETask:
     """Masked-image reconstruction with :class:`analysis.models.mae.MAE` on an IDX image set."""
-    unit = "images"
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -217,8 +215,7 @@ def _schedule(cfg: Config):
 
 def _build_optimizer(cfg: Config, name: str, model: nn.Module):
     rec = zoo.info(name)
-    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else (0.0 if cfg.task == "llama" else 0.05)
-    hparams = dict(lr=cfg.peak_lr(name), weight_decay=weight_decay)
+    hparams = dict(lr=cfg.peak_lr(name), weight_decay=cfg.weight_decay)
     if rec.low_rank:
         hparams["update_proj_gap"] = cfg.update_proj_gap
         if "rank" not in rec.fixed:
@@ -291,7 +288,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         step, rows = ckpt["step"], ckpt["rows"]
     capture = None
     if cfg.capture_grads:
-        from .lowrank import GradientCapture
+        from .lowrank import GradientCapture, capture_path
         capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
     replica = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(replica) if cfg.compile else replica
@@ -327,12 +324,13 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         row = dict(step=step, train_loss=loss.item(), lr=lr, samples=samples, units=units,
                    wall_s=rows[-1]["wall_s"] + time.perf_counter() - tick, state_bytes=state_bytes(optimizer),
                    masked_fraction=1.0 - optimizer.aligned_fraction() if cautious else math.nan)
-        if step % cfg.eval_interval == 0 or step == cfg.steps:
+        evaluation = step % cfg.eval_interval == 0 or step == cfg.steps  # also where checkpoints go
+        if evaluation:
             row["val_loss"] = _evaluate(task, model, device, autocast)
         rows.append(row)
         bar.update()
         bar.set_postfix(loss=f"{row['train_loss']:.3f}")
-        if rank == 0 and (step % cfg.eval_interval == 0 or step == cfg.steps):
+        if rank == 0 and evaluation:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                             scheduler=scheduler.state_dict(), data_rng=data.get_state(),
@@ -345,7 +343,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(csv_path, index=False)
         if capture is not None:
-            capture.save(out / "grads" / f"{name}_seed{seed}.pt",
+            capture.save(capture_path(out, name, seed),
                          meta=dict(task=cfg.task, model=cfg.model, optimizer=name, seed=seed, steps=cfg.steps))
     return frame
 
@@ -353,15 +351,11 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
 # ---------------------------------------------------------------- comparison and summary
 
 def load_metrics(out: str | Path) -> pd.DataFrame:
-    """Every run CSV under ``<out>/runs``, with ``optimizer`` and ``seed`` columns."""
+    """Every run CSV under ``<out>/runs`` (each has its ``optimizer`` and ``seed`` columns)."""
     paths = sorted(Path(out, "runs").glob("*_seed*.csv"))
     if not paths:
         raise FileNotFoundError(f"no run CSVs under {Path(out, 'runs')}")
-    frames = []
-    for path in paths:
-        name, seed = path.stem.rsplit("_seed", 1)
-        frames.append(pd.read_csv(path).assign(optimizer=name, seed=int(seed)))
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(map(pd.read_csv, paths), ignore_index=True)
 
 
 def steps_to_reach(curve: pd.Series, target: float) -> float:
