@@ -33,15 +33,16 @@ score low on it by nature.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import random
 import statistics
 import time
 
 import pandas as pd
 import torch
-from tqdm import tqdm
-
 import zoo
+
+from .cli import ArgumentParser, integer, shape, track, usage_errors
 
 BASELINES = {"torch-adamw-forloop": {"foreach": False}, "torch-adamw-foreach": {"foreach": True},
              "torch-adamw-fused": {"fused": True}}   # name -> torch.optim.AdamW options
@@ -97,13 +98,13 @@ def step_table(names: list[str], shape: tuple[int, ...], count: int, rounds: int
     params = [torch.randn(shape, generator=gen) for _ in range(count)]
     grads = [torch.randn(shape, generator=gen) for _ in range(count)]
     extra = [v for v, (base, _) in VARIANTS.items() if base in names]
-    opts = {name: build(name, params, grads) for name in tqdm([*names, *extra, *BASELINES], desc="build")}
+    opts = {name: build(name, params, grads) for name in track([*names, *extra, *BASELINES], "build")}
     streams = bandwidth_kernels(copy_mb)
     kernels = {name: fn for name, (fn, _) in streams.items()} | {name: opt.step for name, opt in opts.items()}
     times: dict[str, list[float]] = {name: [] for name in kernels}
     order = list(kernels)
     shuffle = random.Random(seed).shuffle
-    for _ in tqdm(range(rounds), desc="rounds"):
+    for _ in track(range(rounds), "rounds"):
         shuffle(order)
         for name in order:
             times[name].append(seconds_per_call(kernels[name], warmup, steps))
@@ -128,7 +129,7 @@ def refresh_table(names: list[str], shape: tuple[int, ...], count: int, gap: int
     the projection (an SVD, or a new seed's draw) and of the other steps, each step timed alone."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    for name in tqdm(names, desc="refresh"):
+    for name in track(names, "refresh"):
         params = [torch.randn(shape, generator=gen) for _ in range(count)]
         for p in params:
             p.grad = torch.randn(shape, generator=gen)
@@ -166,8 +167,16 @@ def target_checks(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def step_command(args: argparse.Namespace) -> pd.DataFrame:
-    names = [zoo.info(n).name for n in args.only.split(",")] if args.only else zoo.names()
+def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFrame:
+    with usage_errors(parser):   # unknown names, a CSV that could not be written, before any timing
+        names = [zoo.info(n).name for n in args.only.split(",") if n.strip()] if args.only else zoo.names()
+        if not names:
+            raise ValueError("--only names no optimizer; give comma-separated registry names")
+        if 0 < args.refresh_steps <= args.refresh_gap:
+            raise ValueError(f"--refresh-steps {args.refresh_steps} must exceed --refresh-gap {args.refresh_gap} "
+                             "(or be 0: no refresh measurement), so that steps without a refresh are timed too")
+        if args.csv and not Path(args.csv).resolve().parent.is_dir():
+            raise ValueError(f"--csv {args.csv}: its folder does not exist")
     table, bandwidths = step_table(names, args.shape, args.count, args.rounds, args.warmup, args.steps,
                                    args.copy_mb)
     shape = "x".join(map(str, args.shape))
@@ -188,30 +197,26 @@ def step_command(args: argparse.Namespace) -> pd.DataFrame:
     return table
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in text.lower().split("x"))
-
-
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m analysis.bench", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     step = commands.add_parser("step", help="time optimizer.step() against torch AdamW and the roofline")
-    step.add_argument("--shape", type=parse_shape, default=(512, 2048), help="parameter shape, e.g. 512x2048")
-    step.add_argument("--count", type=int, default=12, help="number of parameter tensors")
+    step.add_argument("--shape", type=shape, default=(512, 2048), help="parameter shape, e.g. 512x2048")
+    step.add_argument("--count", type=integer(1), default=12, help="number of parameter tensors")
     step.add_argument("--only", help="comma-separated zoo names (default: all of zoo.names())")
-    step.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is reported")
-    step.add_argument("--steps", type=int, default=10, help="timed steps per optimizer per round")
-    step.add_argument("--warmup", type=int, default=1, help="untimed steps before each timing")
-    step.add_argument("--copy-mb", type=int, default=256, help="MiB per tensor of the bandwidth kernels")
-    step.add_argument("--refresh-gap", type=int, default=4,
+    step.add_argument("--rounds", type=integer(1), default=7, help="interleaved rounds; the median is reported")
+    step.add_argument("--steps", type=integer(1), default=10, help="timed steps per optimizer per round")
+    step.add_argument("--warmup", type=integer(0), default=1, help="untimed steps before each timing")
+    step.add_argument("--copy-mb", type=integer(1), default=256, help="MiB per tensor of the bandwidth kernels")
+    step.add_argument("--refresh-gap", type=integer(1), default=4,
                       help="update_proj_gap of the low-rank refresh measurement")
-    step.add_argument("--refresh-steps", type=int, default=16,
+    step.add_argument("--refresh-steps", type=integer(0), default=16,
                       help="steps of the low-rank refresh measurement (0: skip it)")
     step.add_argument("--csv", help="also save the table to this CSV file")
     step.set_defaults(run=step_command)
     args = parser.parse_args(argv)
-    return args.run(args)
+    return args.run(args, commands.choices[args.command])
 
 
 if __name__ == "__main__":

@@ -27,16 +27,17 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 import zoo
 from zoo.factory import default_low_rank_filter
 from zoo.memory import state_bytes
 
+from .capture import GradientCapture, capture_path
+from .cli import ArgumentParser, Progress, int_list, make_folder, usage_errors
 from .data import load_images, load_text, sample_windows, TEXT_CORPORA
 from .models import llama, mae
 
-__all__ = ["Config", "DEFAULT_LR", "METRICS", "train", "compare", "load_metrics", "summarize",
+__all__ = ["Config", "DEFAULT_LR", "METRICS", "prepare", "train", "compare", "load_metrics", "summarize",
            "steps_to_reach", "plot_val_loss", "plot_masked_fraction", "markdown", "main"]
 
 TASKS = ("llama", "mae")
@@ -95,6 +96,10 @@ class Config:
             raise ValueError(f"unknown {self.task} model {self.model!r}; allowed: {', '.join(configs)}")
         if self.corpus not in TEXT_CORPORA:
             raise ValueError(f"unknown corpus {self.corpus!r}; allowed: {', '.join(TEXT_CORPORA)}")
+        if self.task == "llama" and self.data_dir is not None:
+            raise ValueError("data_dir (--data-dir) is the mae task's image folder; the llama task reads corpus")
+        if self.task == "mae" and self.corpus != Config.corpus:
+            raise ValueError("corpus (--corpus) is the llama task's text; the mae task reads data_dir")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device {self.device!r}; allowed: auto, cpu, cuda")
         if not self.optimizers or not self.seeds:
@@ -111,6 +116,11 @@ class Config:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.capture_grads and self.task != "llama":
+            raise ValueError("capture_grads (--capture-grads) records LLaMA attention/MLP weights: llama task only")
+        late = [s for s in self.capture_grads if not 0 <= s < self.steps]
+        if late:
+            raise ValueError(f"capture_grads steps {late} are outside the run's steps [0, {self.steps})")
         for name in self.optimizers:  # an unknown name raises UnknownOptimizerError, listing the known ones
             self.peak_lr(name)  # every optimizer has a learning rate before anything trains
 
@@ -196,7 +206,7 @@ def _world() -> tuple[int, int]:
 
 def _device(cfg: Config) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
+        raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False; use cpu or auto")
     if cfg.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -260,13 +270,50 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
-    """Train optimizer ``name`` from seed ``seed``; return (and on rank 0 write) its metrics."""
-    rank, world = _world()
+def _checkpoint_path(cfg: Config, name: str, seed: int) -> Path:
+    return Path(cfg.out) / "checkpoints" / f"{name}_seed{seed}.pt"
+
+
+def _resume_checkpoint(cfg: Config, name: str, seed: int, device: torch.device) -> dict | None:
+    """The checkpoint run (``name``, ``seed``) resumes from: None without ``--resume`` or when there
+    is none yet; a ``ValueError`` naming the settings that differ from the checkpoint's."""
+    path = _checkpoint_path(cfg, name, seed)
+    if not (cfg.resume and path.exists()):
+        return None
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    now = _signature(cfg, name)
+    changed = {k: (v, now[k]) for k, v in ckpt["config"].items() if now.get(k) != v}
+    if changed:
+        raise ValueError(f"--resume with settings that differ from the checkpoint {path} "
+                         f"(setting: (checkpoint, now)): {changed}; rerun without --resume to start over")
+    return ckpt
+
+
+def prepare(cfg: Config):
+    """What a comparison checks before any run trains, and its task (data loaded).
+
+    Raises ``ValueError`` for a batch that does not split over the data-parallel ranks, a device
+    that is not there, a checkpoint ``--resume`` cannot continue; the data set's loader raises
+    :class:`analysis.data.DataNotFoundError` (an ``OSError``) when it is missing."""
+    world = _world()[1]
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} data-parallel ranks")
+    device = _device(cfg)
+    task = (LlamaTask if cfg.task == "llama" else MAETask)(cfg)
+    if _world()[0] == 0:
+        make_folder(cfg.out)
+    for name in cfg.optimizers:
+        for seed in cfg.seeds:
+            _resume_checkpoint(cfg, name, seed, device)
+    return task
+
+
+def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
+    """Train optimizer ``name`` from seed ``seed``; return (and on rank 0 write) its metrics.
+    ``task`` comes from :func:`prepare`."""
+    rank, world = _world()
     out = Path(cfg.out)
-    csv_path, ckpt_path = out / "runs" / f"{name}_seed{seed}.csv", out / "checkpoints" / f"{name}_seed{seed}.pt"
+    csv_path, ckpt_path = out / "runs" / f"{name}_seed{seed}.csv", _checkpoint_path(cfg, name, seed)
     device = _device(cfg)
     torch.manual_seed(seed)  # the same initial weights for every optimizer at this seed
     model = task.build_model().to(device)
@@ -274,13 +321,8 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     data = torch.Generator().manual_seed(seed)
     step, rows = 0, []
-    if cfg.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        now = _signature(cfg, name)
-        changed = {k: (v, now[k]) for k, v in ckpt["config"].items() if now.get(k) != v}
-        if changed:
-            raise ValueError(f"--resume with settings that differ from the checkpoint {ckpt_path} "
-                             f"(setting: (checkpoint, now)): {changed}; rerun without --resume to start over")
+    ckpt = _resume_checkpoint(cfg, name, seed, device)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -288,7 +330,6 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         step, rows = ckpt["step"], ckpt["rows"]
     capture = None
     if cfg.capture_grads:
-        from .lowrank import GradientCapture, capture_path
         capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
     replica = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(replica) if cfg.compile else replica
@@ -297,8 +338,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     if step == 0:
         rows.append(dict(step=0, val_loss=_evaluate(task, model, device, autocast), samples=0, units=0, wall_s=0.0,
                          state_bytes=state_bytes(optimizer)))
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"{name} seed {seed}", disable=not cfg.progress or rank > 0,
-               leave=False)
+    progress = Progress(cfg.steps, f"{name} seed {seed}", initial=step, enabled=cfg.progress and rank == 0)
     while step < cfg.steps:
         tick = time.perf_counter()
         batch = task.batch(data)
@@ -328,14 +368,13 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         if evaluation:
             row["val_loss"] = _evaluate(task, model, device, autocast)
         rows.append(row)
-        bar.update()
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+        progress.update(loss=row["train_loss"], **({"val_loss": row["val_loss"]} if evaluation else {}))
         if rank == 0 and evaluation:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                             scheduler=scheduler.state_dict(), data_rng=data.get_state(),
                                             step=step, rows=rows, config=_signature(cfg, name)))
-    bar.close()
+    progress.close()
     if world > 1 and not _replicas_agree(model):
         raise RuntimeError(f"data-parallel replicas diverged ({name}, seed {seed})")
     frame = pd.DataFrame(rows, columns=list(METRICS)).assign(optimizer=name, seed=seed)
@@ -428,10 +467,11 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
-def compare(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compare(cfg: Config, task=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train every (optimizer, seed) of ``cfg``; on rank 0 write and return the summary.
-    Returns (metrics of every run, summary table)."""
-    task = (LlamaTask if cfg.task == "llama" else MAETask)(cfg)
+    ``task``: :func:`prepare`'s (made here when not given). Returns (metrics of every run, summary
+    table)."""
+    task = prepare(cfg) if task is None else task
     frames = [train(cfg, task, name, seed) for name in cfg.optimizers for seed in cfg.seeds]
     metrics = pd.concat(frames, ignore_index=True)
     table = summarize(metrics)
@@ -454,33 +494,35 @@ def compare(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # ---------------------------------------------------------------- command line
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
-
-
 def _lrs(text: str, optimizers: tuple[str, ...]) -> dict[str, float]:
     """``3e-3`` (every optimizer) or ``adamw=3e-3,lion=3e-4``."""
-    if "=" not in text:
-        return {name: float(text) for name in optimizers}
-    pairs = [item.split("=", 1) for item in text.split(",") if item]
-    return {name.strip(): float(value) for name, value in pairs}
+    try:
+        if "=" not in text:
+            return {name: float(text) for name in optimizers}
+        pairs = [item.split("=", 1) for item in text.split(",") if item]
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise ValueError(f"--lr takes a number for every optimizer (3e-3) or name=number pairs "
+                         f"(adamw=3e-3,lion=3e-4), got {text!r}") from None
 
 
-def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m analysis.pretrain", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m analysis.pretrain", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("task", choices=TASKS)
-    p.add_argument("--model", default="tiny", help="llama: tiny, 60M, 130M, 350M, 1B; mae: tiny, gpu")
+    p.add_argument("--model", default="tiny", help=f"llama: {', '.join(llama.CONFIGS)}; mae: {', '.join(mae.CONFIGS)}")
     p.add_argument("--optimizers", default=",".join(Config.optimizers), help="registry names, comma-separated")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", type=int_list(0), default=Config.seeds, help="comma-separated")
     p.add_argument("--lr", default=None, help="3e-3 for all, or adamw=3e-3,lion=3e-4 (others: DEFAULT_LR)")
     p.add_argument("--out", default=None, help="default runs/<task>")
     p.add_argument("--corpus", default="shakespeare", choices=TEXT_CORPORA)
     p.add_argument("--data-dir", default=None, help="IDX image folder (default: Debian's Fashion-MNIST)")
-    p.add_argument("--capture-grads", default="", help="steps (comma-separated) where gradient windows are saved")
+    p.add_argument("--capture-grads", type=int_list(0), default=(),
+                   help="steps (comma-separated) where gradient windows are saved")
     p.add_argument("--resume", action="store_true", help="continue each run from its checkpoint")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress report (a bar on a terminal, a line per quarter of a run otherwise)")
     for f in fields(Config):
         if f.name in ("task", "model", "optimizers", "seeds", "lr", "out", "corpus", "data_dir", "capture_grads",
                       "resume", "compile", "progress"):
@@ -488,20 +530,26 @@ def parse_args(argv=None) -> Config:
         kind = {"warmup": int, "weight_decay": float, "rank": int, "batch_size": int}.get(f.name, type(f.default))
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
                        choices=("auto", "cpu", "cuda") if f.name == "device" else None)
-    args = vars(p.parse_args(argv))
+    return p
+
+
+def _config(parser: ArgumentParser, argv=None) -> Config:
+    args = vars(parser.parse_args(argv))
     args["out"] = args["out"] or f"runs/{args['task']}"
-    try:
-        args["optimizers"] = tuple(n.strip() for n in args["optimizers"].split(",") if n.strip())
-        args["seeds"] = _ints(args["seeds"])
+    args["optimizers"] = tuple(n.strip() for n in args["optimizers"].split(",") if n.strip())
+    with usage_errors(parser):   # a bad setting: one line with the reason, no traceback
         args["lr"] = _lrs(args["lr"], args["optimizers"]) if args["lr"] else {}
-        args["capture_grads"] = _ints(args["capture_grads"])
         return Config(**args)
-    except (ValueError, KeyError) as error:  # a bad setting: usage and the reason, no traceback
-        p.error(error.args[0] if error.args else str(error))
+
+
+def parse_args(argv=None) -> Config:
+    """The :class:`Config` of a command line (``argv`` without the program name)."""
+    return _config(_parser(), argv)
 
 
 def main(argv=None) -> None:
-    cfg = parse_args(argv)
+    parser = _parser()
+    cfg = _config(parser, argv)
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     if distributed:
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
@@ -509,7 +557,9 @@ def main(argv=None) -> None:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     try:
-        _, table = compare(cfg)
+        with usage_errors(parser):   # missing data, an absent device, a checkpoint --resume cannot continue
+            task = prepare(cfg)
+        compare(cfg, task)
         if _world()[0] == 0:
             print(Path(cfg.out, "summary.md").read_text())
             print(f"written: {Path(cfg.out, 'summary.md')}, {Path(cfg.out, 'val_loss.png')}, {Path(cfg.out, 'runs')}/")

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import gzip
 import struct
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 
 @pytest.fixture
@@ -104,3 +106,49 @@ def write_idx_set(folder, n_train=12, n_test=5, size=8, compress=True):
         write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
         arrays[prefix] = images, labels
     return arrays
+
+
+# ---------------------------------------------------------------- gradient capture
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        linear = partial(nn.Linear, bias=False)
+        self.self_attn = nn.ModuleDict({k: linear(d, d) for k in ("q_proj", "k_proj", "v_proj", "o_proj")})
+        self.mlp = nn.ModuleDict({"gate_proj": linear(d, 2 * d), "up_proj": linear(d, 2 * d),
+                                  "down_proj": linear(2 * d, d)})
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x):
+        a = self.self_attn
+        x = x + a["o_proj"](a["q_proj"](x) * torch.tanh(a["k_proj"](x)) + a["v_proj"](x))
+        m = self.mlp
+        return self.norm(x + m["down_proj"](torch.nn.functional.silu(m["gate_proj"](x)) * m["up_proj"](x)))
+
+
+class TinyLlama(nn.Module):
+    """The HF-style names of a LLaMA (layers.{i}.self_attn.q_proj.weight, ...), nothing else of it."""
+
+    def __init__(self, layers=5, d=8):
+        super().__init__()
+        self.embed = nn.Linear(4, d)
+        self.layers = nn.ModuleList(Block(d) for _ in range(layers))
+
+    def forward(self, x):
+        x = self.embed(x)
+        for block in self.layers:
+            x = block(x)
+        return x.square().mean()
+
+
+def train_with_capture(model, capture, steps):
+    """A training loop calling the hook as the runner does; returns every step's grads by name."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen = {}
+    for step in range(steps):
+        opt.zero_grad()
+        model(torch.randn(3, 4, generator=torch.Generator().manual_seed(step))).backward()
+        capture(step)
+        seen[step] = {name: p.grad.clone() for name, p in model.named_parameters()}
+        opt.step()
+    return seen

@@ -13,6 +13,8 @@ import zoo
 from analysis import lowrank
 from zoo.projection import gaussian, project, rows_kept
 
+from conftest import TinyLlama, train_with_capture
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPES = [(12, 7), (6, 15)]   # rows kept (channels = rows), columns kept (channels = columns)
@@ -134,7 +136,7 @@ def test_ranks_in_one_product_equal_ranks_one_by_one():
 
 def test_one_projection_product_per_step_for_all_ranks(monkeypatch):
     calls = []
-    monkeypatch.setattr(lowrank, "project", lambda g, p: calls.append(p.shape) or project(g, p))
+    monkeypatch.setattr(lowrank.factors, "project", lambda g, p: calls.append(p.shape) or project(g, p))
     grads = randn(5, 32, 24, seed=9)
     lowrank.lowrank_factors(grads, lowrank.rank_sweep(24), seed=1)
     assert calls == [(1 + 2 + 4 + 8 + 16 + 24, 24)] * 5
@@ -249,91 +251,6 @@ def test_draws_and_draw_noise():
         lowrank.draw_noise(one)
 
 
-# ----------------------------------------------------------------------------- the capture hook
-
-class Block(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        linear = partial(nn.Linear, bias=False)
-        self.self_attn = nn.ModuleDict({k: linear(d, d) for k in ("q_proj", "k_proj", "v_proj", "o_proj")})
-        self.mlp = nn.ModuleDict({"gate_proj": linear(d, 2 * d), "up_proj": linear(d, 2 * d),
-                                  "down_proj": linear(2 * d, d)})
-        self.norm = nn.LayerNorm(d)
-
-    def forward(self, x):
-        a = self.self_attn
-        x = x + a["o_proj"](a["q_proj"](x) * torch.tanh(a["k_proj"](x)) + a["v_proj"](x))
-        m = self.mlp
-        return self.norm(x + m["down_proj"](torch.nn.functional.silu(m["gate_proj"](x)) * m["up_proj"](x)))
-
-
-class TinyLlama(nn.Module):
-    """The HF-style names of a LLaMA (layers.{i}.self_attn.q_proj.weight, ...), nothing else of it."""
-
-    def __init__(self, layers=5, d=8):
-        super().__init__()
-        self.embed = nn.Linear(4, d)
-        self.layers = nn.ModuleList(Block(d) for _ in range(layers))
-
-    def forward(self, x):
-        x = self.embed(x)
-        for block in self.layers:
-            x = block(x)
-        return x.square().mean()
-
-
-def train(model, capture, steps):
-    """A training loop calling the hook as the runner does; returns every step's grads by name."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    seen = {}
-    for step in range(steps):
-        opt.zero_grad()
-        model(torch.randn(3, 4, generator=torch.Generator().manual_seed(step))).backward()
-        capture(step)
-        seen[step] = {name: p.grad.clone() for name, p in model.named_parameters()}
-        opt.step()
-    return seen
-
-
-def test_capture_round_trip(tmp_path):
-    torch.manual_seed(0)
-    model = TinyLlama(layers=5)
-    capture = lowrank.GradientCapture(model, at_steps=[6, 2], window=3)
-    assert sorted({lowrank._parse_name(n)[0] for n in capture.params}) == [0, 2, 4]   # first, middle, last
-    assert len(capture.params) == 3 * 7
-    seen = train(model, capture, steps=12)
-    meta = {"config": "tiny", "optimizer": "sgd", "seed": 0}
-    capture.save(tmp_path / "grads" / "grads.pt", meta)   # the folder is made
-    records = lowrank.load_gradients(tmp_path / "grads" / "grads.pt")
-    assert lowrank.load_meta(tmp_path / "grads" / "grads.pt") == dict(meta, window=3)
-    assert len(records) == 2 * 21 and [r.step for r in records] == [2] * 21 + [6] * 21
-    kinds = {(r.layer, r.kind) for r in records}
-    assert kinds == {(layer, kind) for layer in (0, 2, 4) for kind in lowrank.LAYER_KINDS}
-    for rec in records:
-        assert rec.grads.dtype == torch.bfloat16 and rec.grads.shape[0] == 3
-        expected = torch.stack([seen[s][rec.name] for s in range(rec.step, rec.step + 3)]).to(torch.bfloat16)
-        assert torch.equal(rec.grads, expected), rec.name
-    down = next(r for r in records if r.kind == "down")
-    assert down.grads.shape == (3, 8, 16) and down.label == f"L{down.layer}.down@{down.step}"
-    frame = lowrank.study(records[:2], ranks=[1, 2])   # bfloat16 windows go straight into the analysis
-    assert frame["ratio"].notna().all()
-
-
-def test_capture_overlapping_windows_selection_and_depths(tmp_path):
-    model = TinyLlama(layers=4)
-    only_q = lowrank.GradientCapture(model, at_steps=[1, 2], window=2, depths=None, dtype=torch.float32,
-                                     select=lambda name, p: name.endswith("q_proj.weight"))
-    assert sorted(only_q.params) == [f"layers.{i}.self_attn.q_proj.weight" for i in range(4)]
-    seen = train(model, only_q, steps=5)
-    only_q.save(tmp_path / "q.pt", {})
-    records = lowrank.load_gradients(tmp_path / "q.pt")
-    assert [(r.step, r.layer) for r in records] == [(1, i) for i in range(4)] + [(2, i) for i in range(4)]
-    assert torch.equal(records[4].grads[0], seen[2]["layers.0.self_attn.q_proj.weight"])   # step 2 in both
-    assert torch.equal(records[0].grads[1], records[4].grads[0])
-    last = lowrank.GradientCapture(model, at_steps=[0], depths=[-1])
-    assert {lowrank._parse_name(n)[0] for n in last.params} == {3}
-
-
 # ----------------------------------------------------------------------------- command line
 
 def test_cli_synthetic_smoke(tmp_path, capsys):
@@ -348,7 +265,7 @@ def test_cli_synthetic_smoke(tmp_path, capsys):
 def test_cli_run_source(tmp_path):
     model = TinyLlama(layers=2)
     capture = lowrank.GradientCapture(model, at_steps=[0], window=2)
-    train(model, capture, steps=2)
+    train_with_capture(model, capture, steps=2)
     capture.save(tmp_path / "run.pt", {"config": "tiny"})
     frame = lowrank.main(["--source", f"run:{tmp_path / 'run.pt'}", "--out", str(tmp_path / "out")])
     assert set(frame["kind"]) == set(lowrank.LAYER_KINDS) and (tmp_path / "out" / "heatmap.png").exists()
@@ -372,21 +289,10 @@ def test_cli_run_source(tmp_path):
     (lambda: lowrank.lowrank_factors(randn(2, 6, 4), [2], gap=0), "gap.*allowed an int >= 1"),
     (lambda: lowrank.lowrank_factors(randn(2, 6, 4), [2], randn(3, 4)), r"shape \(r, 4\)"),
     (lambda: lowrank.full_factors(randn(6, 4)), r"grads must be a tensor \[steps, m, n\]"),
-    (lambda: lowrank.GradientCapture(TinyLlama(2), at_steps=[]), "at_steps.*allowed a non-empty"),
-    (lambda: lowrank.GradientCapture(TinyLlama(2), at_steps=[-1]), "at_steps.*ints >= 0"),
-    (lambda: lowrank.GradientCapture(TinyLlama(2), at_steps=[0], window=0), "window.*allowed an int >= 1"),
-    (lambda: lowrank.GradientCapture(TinyLlama(2), at_steps=[0], depths="ends"), "allowed 'first-middle-last'"),
-    (lambda: lowrank.GradientCapture(TinyLlama(2), at_steps=[0]).save("x.pt", {"f": object()}), "JSON"),
 ])
 def test_bad_input_is_refused_with_what_is_allowed(call, match):
     with pytest.raises(ValueError, match=match):
         call()
-
-
-def test_not_a_capture_file(tmp_path):
-    torch.save({"something": 1}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a gradient file"):
-        lowrank.load_gradients(tmp_path / "other.pt")
 
 
 # ----------------------------------------------------------------------------- the real runner
@@ -402,7 +308,8 @@ def test_pretraining_runner_captures_real_gradients_for_the_analysis(tmp_path, m
     settings = dict(batch_size=4, seq_len=16, eval_batches=1)
     path = lowrank.capture_run(tmp_path, steps=4, at_steps=(2, 0), window=2, **settings)
     assert path == tmp_path / "grads" / "adamw_seed0.pt" and (tmp_path / "runs" / "adamw_seed0.csv").exists()
-    assert lowrank.load_meta(path) == dict(task="llama", model="tiny", optimizer="adamw", seed=0, steps=4, window=2)
+    assert lowrank.load_meta(path) == dict(task="llama", model="tiny", optimizer="adamw", seed=0, steps=4, window=2,
+                                           starts=[0, 2])
     records = lowrank.load_gradients(path)
     tiny = llama.CONFIGS["tiny"]
     d, hidden, layers = tiny.dim, tiny.mlp_hidden, tiny.n_layers

@@ -11,6 +11,13 @@
 - :mod:`theory.apollo_bound`: a Monte-Carlo check of APOLLO's Theorem A.4.
 - :func:`certificate` / :func:`report`: the certificate of any registered optimizer name.
 """
-from .certificates import Certificate, certificate, report
-
 __all__ = ["Certificate", "certificate", "report"]
+
+
+def __getattr__(name: str):
+    """``theory.certificate`` and the rest load sympy and scipy on first use, so that importing
+    one light module (``theory.apollo_bound``) does not."""
+    if name in __all__:
+        from . import certificates
+        return getattr(certificates, name)
+    raise AttributeError(f"module 'theory' has no attribute {name!r}")
