@@ -1,45 +1,45 @@
-"""Every notebook under notebooks/ is executed, in its short setting, so none can go stale.
+"""Every notebook under notebooks/ is executed, in its short setting, so none can go stale; the
+committed notebooks are executed at their full setting, from the code they hold, with figures.
 
 Each notebook reads ``ZOO_NOTEBOOK_FAST`` in its first code cell and shortens its runs when it is
-set; a cell that raises fails the test. The kernel runs in the notebook's folder with the
-repository root on ``PYTHONPATH`` (so ``import zoo`` works without ``pip install -e .``) and with
-matplotlib's non-interactive Agg backend.
+set; :func:`analysis.notebooks.execute` runs it (a cell that raises fails the test).
+``python -m analysis.notebooks`` re-executes the committed ones.
 """
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+from analysis import notebooks  # noqa: E402
+
+NOTEBOOKS = notebooks.find()
 TIMEOUT_S = 120  # per cell
+RERUN = "re-execute it with: python -m analysis.notebooks {}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_executes(path: Path, monkeypatch):
-    monkeypatch.setenv("ZOO_NOTEBOOK_FAST", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+def test_notebook_executes(path):
+    nb = notebooks.execute(path, fast=True, timeout=TIMEOUT_S)
+    assert nb.metadata["zoo"] == {"setting": "fast", "code_sha256": notebooks.code_digest(nb)}
+    assert all(cell.execution_count for cell in nb.cells if cell.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_notebook_shows_its_full_run(path):
+    """Executed at the full setting from the code cells it holds now, top to bottom in one kernel,
+    without errors, with at least one figure."""
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
-    client.execute()  # raises CellExecutionError, naming the cell, on any error
-
-
-def test_notebooks_are_stored_without_outputs():
-    """Outputs are produced by running, never committed: the repository stays small and diffable."""
-    assert NOTEBOOKS, "no notebooks found under notebooks/"
-    for path in NOTEBOOKS:
-        nb = nbformat.read(path, as_version=4)
-        for i, cell in enumerate(nb.cells):
-            if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None, f"{path.name}: cell {i} has outputs"
+    rerun = RERUN.format(path.stem.split("_")[0])
+    assert nb.metadata.get("zoo", {}).get("setting") == "full", f"{path.name} is not executed at full setting; {rerun}"
+    assert nb.metadata["zoo"]["code_sha256"] == notebooks.code_digest(nb), f"{path.name} changed since run; {rerun}"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), path.name
+    outputs = [out for cell in code for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"], path.name
+    assert any("image/png" in out.get("data", {}) for out in outputs), f"{path.name} shows no figure"
 
 
 def test_notebooks_read_the_fast_setting():
@@ -47,4 +47,12 @@ def test_notebooks_read_the_fast_setting():
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         first = next(cell for cell in nb.cells if cell.cell_type == "code")
-        assert "ZOO_NOTEBOOK_FAST" in first.source, f"{path.name}: first code cell must read ZOO_NOTEBOOK_FAST"
+        assert notebooks.FAST_ENV in first.source, f"{path.name}: first code cell must read {notebooks.FAST_ENV}"
+
+
+def test_find_selects_by_number_or_name():
+    assert notebooks.find(["04"]) == [notebooks.NOTEBOOK_DIR / "04_pretrain_llama.ipynb"]
+    assert notebooks.find(["05_pretrain_mae.ipynb", "04_pretrain_llama"]) == [
+        notebooks.NOTEBOOK_DIR / "05_pretrain_mae.ipynb", notebooks.NOTEBOOK_DIR / "04_pretrain_llama.ipynb"]
+    with pytest.raises(ValueError, match="no notebook '99'; there are 01_zoo_tour"):
+        notebooks.find(["99"])
