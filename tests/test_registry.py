@@ -117,10 +117,31 @@ def test_create_groups_decay_free_params():
     opt = zoo.create(model, "c-adamw", lr=1e-3, weight_decay=0.1)
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
-    assert groups["decay"]["param_names"] == ["fc.weight", "head.weight"]
-    assert sorted(groups["no_decay"]["param_names"]) == ["embed.weight", "fc.bias", "norm.bias", "norm.weight"]
+    assert groups["decay"]["param_names"] == ["fc.weight", "head.weight", "frozen.weight"]
+    assert sorted(groups["no_decay"]["param_names"]) == ["embed.weight", "fc.bias", "frozen.bias", "norm.bias",
+                                                         "norm.weight"]
     assert all(g["caution"] and g["lr"] == 1e-3 for g in opt.param_groups)
     assert isinstance(opt, AdamW)
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_a_parameter_frozen_at_create_is_updated_once_unfrozen(name):
+    """As torch.optim: every parameter is in a group; a frozen one has no gradient and is skipped,
+    and once unfrozen it is updated like the rest of its group (it was never updated before)."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    model.mlp["up_proj"].requires_grad_(False)
+    opt = zoo.create(model, name, lr=1e-2, **({"rank": 2} if zoo.info(name).low_rank and name != "apollo-mini" else {}))
+    frozen = model.mlp["up_proj"].weight
+    start = frozen.detach().clone()
+    for unfrozen in (False, True, True):   # two steps unfrozen: ADOPT's first step only sets its moment
+        frozen.requires_grad_(unfrozen)
+        opt.zero_grad()
+        model.head(model.mlp["down_proj"](torch.relu(model.mlp["up_proj"](model.embed(torch.arange(6)))))).sum().backward()
+        opt.step()
+        if not unfrozen:
+            assert torch.equal(frozen, start) and frozen not in opt.state, name
+    assert not torch.equal(frozen, start), name
 
 
 def test_create_uses_the_class_default_weight_decay_and_passes_plain_params_through():
@@ -132,9 +153,36 @@ def test_create_uses_the_class_default_weight_decay_and_passes_plain_params_thro
 
 
 def test_create_keeps_embeddings_and_vectors_out_of_muon():
-    opt = zoo.create(TinyNet(), "muon", lr=0.02)
+    opt = zoo.create(TinyNet(), "muon", lr=0.02, muon_filter=lambda name, p: name == "fc.weight")
     assert isinstance(opt, Muon)
-    assert {g["name"]: g["use_muon"] for g in opt.param_groups} == {"decay": None, "no_decay": False}
+    assert {g["name"]: g["use_muon"] for g in opt.param_groups} == {"muon": True, "decay": False, "no_decay": False}
+
+
+def test_create_routes_only_the_hidden_matrices_to_muon():
+    """Attention/MLP weights are orthogonalised; embeddings, the output head, norms and biases go
+    to Muon's AdamW (as every reference setup); describe shows the split."""
+    for name in ("muon", "c-muon"):
+        opt = zoo.create(TinyLM(), name, lr=0.02)
+        groups = {g["name"]: g for g in opt.param_groups}
+        assert groups["muon"]["param_names"] == ["attn.q_proj.weight", "attn.o_proj.weight", "mlp.up_proj.weight",
+                                                 "mlp.down_proj.weight"]
+        assert groups["muon"]["use_muon"] is True
+        assert groups["decay"]["param_names"] == ["head.weight"] and groups["decay"]["use_muon"] is False
+        assert "embed.weight" in groups["no_decay"]["param_names"] and groups["no_decay"]["use_muon"] is False
+        assert "muon: 4 tensors" in zoo.describe(opt) and "use_muon=False" in zoo.describe(opt)
+        opt.zero_grad()
+        model = TinyLM()
+        opt = zoo.create(model, name, lr=0.02)
+        model.head(model.mlp["down_proj"](model.mlp["up_proj"](model.embed(torch.arange(3))))).sum().backward()
+        opt.step()
+        assert "momentum_buffer" in opt.state[model.mlp["up_proj"].weight]
+        assert set(opt.state[model.head.weight]) == {"step", "exp_avg", "exp_avg_sq"}   # AdamW, not Newton-Schulz
+    with pytest.raises(ValueError, match="matched the Muon filter"):
+        zoo.create(TinyLM(), "muon", muon_filter=lambda name, p: False)
+    with pytest.raises(ValueError, match="muon_filter is for muon"):
+        zoo.create(TinyLM(), "adamw", muon_filter=lambda name, p: True)
+    with pytest.raises(ValueError, match="use_muon: True for a parameter of shape"):
+        zoo.create(TinyLM(), "muon", muon_filter=lambda name, p: name == "norm.weight")
 
 
 def test_readme_lists_exactly_the_registry():

@@ -18,30 +18,37 @@ _LOW_RANK_BLOCKS = ("attn", "attention", "mlp")
 
 def default_low_rank_filter(name: str, param: Tensor) -> bool:
     """The reference scripts' rule: a 2-D weight whose qualified name contains "attn",
-    "attention" or "mlp" (the q, k, v, o, gate, up, down linears of LLaMA)."""
+    "attention" or "mlp" (the q, k, v, o, gate, up, down linears of LLaMA): the hidden matrices,
+    which :func:`create` gives the low-rank optimizers' projection and Muon's orthogonalisation."""
     return (name.endswith("weight") and param.dim() == 2
             and any(block in name.lower() for block in _LOW_RANK_BLOCKS))
 
 
 def param_groups(model: nn.Module, weight_decay: float,
-                 low_rank_filter: Callable[[str, Tensor], bool] | None = None) -> list[dict]:
-    """Split ``model``'s trainable parameters into groups, each with ``"name"`` and
-    ``"param_names"`` (empty groups are left out):
+                 low_rank_filter: Callable[[str, Tensor], bool] | None = None, *,
+                 selected: str = "low_rank") -> list[dict]:
+    """Split ``model``'s parameters into groups, each with ``"name"`` and ``"param_names"``
+    (empty groups are left out):
 
-    - ``"low_rank"`` (only when ``low_rank_filter`` is given): the parameters it accepts, decayed;
+    - ``selected`` (``"low_rank"``, or ``"muon"`` for Muon; only when ``low_rank_filter`` is
+      given): the parameters it accepts, decayed;
     - ``"decay"``: the other weights of rank >= 2;
     - ``"no_decay"``: biases, norm weights, embeddings, any tensor of rank < 2 (weight decay 0).
+
+    Frozen parameters (``requires_grad=False``) are grouped like the others, as
+    ``torch.optim`` keeps every parameter it is given: they have no gradient and are skipped
+    until they are unfrozen, and are then updated like the rest of their group.
     """
-    items: dict[str, list] = {"low_rank": [], "decay": [], "no_decay": []}
+    items: dict[str, list] = {selected: [], "decay": [], "no_decay": []}
     seen = set()
     for module_name, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
+            if id(p) in seen:
                 continue
             seen.add(id(p))
             full = f"{module_name}.{pname}" if module_name else pname
             if low_rank_filter is not None and low_rank_filter(full, p):
-                kind = "low_rank"
+                kind = selected
             elif p.dim() < 2 or isinstance(module, (nn.Embedding, nn.EmbeddingBag) + _NORMS):
                 kind = "no_decay"
             else:
@@ -52,7 +59,7 @@ def param_groups(model: nn.Module, weight_decay: float,
             for kind, pairs in items.items() if pairs]
 
 
-def create(model_or_params, name: str, *, low_rank_filter=None, **hparams) -> Optimizer:
+def create(model_or_params, name: str, *, low_rank_filter=None, muon_filter=None, **hparams) -> Optimizer:
     """Build the optimizer ``name`` with ``hparams``.
 
     Given an ``nn.Module``, the parameters are grouped by :func:`param_groups`: no weight decay
@@ -60,24 +67,35 @@ def create(model_or_params, name: str, *, low_rank_filter=None, **hparams) -> Op
     parameters accepted by ``low_rank_filter(name, param)`` (default
     :func:`default_low_rank_filter`: attention and MLP linear weights) form the low-rank group,
     with ``rank=`` if given; every other group has ``rank=None`` and is updated by AdamW.
-    Muon keeps the decay-free group out of orthogonalisation (``use_muon=False``). Given tensors
-    or param-group dicts, they are passed through unchanged.
+    For Muon, the parameters accepted by ``muon_filter(name, param)`` (default the same hidden
+    matrices) form the ``"muon"`` group and are orthogonalised; every other group (embeddings,
+    the output head, norms, biases) has ``use_muon=False`` and is updated by Muon's AdamW, as
+    in the reference setups. ``zoo.describe(opt)`` shows the split. Frozen parameters are
+    grouped too (:func:`param_groups`). Given tensors or param-group dicts, they are passed
+    through unchanged.
     """
     rec = info(name)
     rec.check_fixed(hparams)
+    muon = "use_muon" in rec.defaults
     if not isinstance(model_or_params, nn.Module):
-        if low_rank_filter is not None:
-            raise ValueError("low_rank_filter needs an nn.Module (it selects parameters by name)")
+        if low_rank_filter is not None or muon_filter is not None:
+            raise ValueError("low_rank_filter and muon_filter need an nn.Module (they select parameters by name)")
         return rec.build(model_or_params, **hparams)
     if low_rank_filter is not None and not rec.low_rank:
         raise ValueError(f"low_rank_filter is for low-rank optimizers; {rec.name!r} is not one "
                          f"(low-rank: {', '.join(_low_rank_names())})")
+    if muon_filter is not None and not muon:
+        raise ValueError(f"muon_filter is for muon and c-muon; {rec.name!r} is neither")
     model = model_or_params
     weight_decay = hparams.pop("weight_decay", rec.defaults.get("weight_decay", 0.0))
-    groups = param_groups(model, weight_decay,
-                          (low_rank_filter or default_low_rank_filter) if rec.low_rank else None)
+    if rec.low_rank:
+        groups = param_groups(model, weight_decay, low_rank_filter or default_low_rank_filter)
+    elif muon:
+        groups = param_groups(model, weight_decay, muon_filter or default_low_rank_filter, selected="muon")
+    else:
+        groups = param_groups(model, weight_decay)
     if not groups:
-        raise ValueError(f"model {type(model).__name__} has no trainable parameters")
+        raise ValueError(f"model {type(model).__name__} has no parameters")
     if rec.low_rank:
         if not any(g["name"] == "low_rank" for g in groups):
             raise ValueError(f"no parameter of {type(model).__name__} matched the low-rank filter, so "
@@ -89,10 +107,13 @@ def create(model_or_params, name: str, *, low_rank_filter=None, **hparams) -> Op
                              "int rank (or use 'adamw')")
         for group in groups:
             group.update(rank if group["name"] == "low_rank" else {"rank": None})
-    if "use_muon" in rec.defaults:
+    if muon:
+        if not any(g["name"] == "muon" for g in groups):
+            raise ValueError(f"no parameter of {type(model).__name__} matched the Muon filter (attention and MLP "
+                             f"weights), so {rec.name!r} would be plain AdamW; pass muon_filter=(name, param) -> "
+                             "bool to choose the matrices to orthogonalise")
         for group in groups:
-            if group["name"] == "no_decay":
-                group["use_muon"] = False
+            group["use_muon"] = group["name"] == "muon"
     return rec.build(groups, weight_decay=weight_decay, **hparams)
 
 

@@ -58,8 +58,9 @@ def top_singular(grad: Tensor, rank: int) -> Tensor:
     """The SVD projection (PAPERS.md §B.1, §B.4), shape (r, compressed dim): the first r rows of
     Vᵀ when rows are kept, else the first r columns of U, transposed. Computed in at least
     float32 (torch has no half-precision SVD)."""
-    u, _, vh = torch.linalg.svd(grad.to(torch.promote_types(grad.dtype, torch.float32)),
-                                full_matrices=False)
+    matrix = grad.to(torch.promote_types(grad.dtype, torch.float32))
+    # LAPACK refuses non-finite input; the step carries a non-finite gradient on to the weight
+    u, _, vh = torch.linalg.svd(matrix.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0), full_matrices=False)
     r = effective_rank(grad.shape, rank)
     proj = vh[:r] if rows_kept(grad.shape) else u[:, :r].T
     # a copy of its own: a view would keep the whole SVD's storage alive in the optimizer state

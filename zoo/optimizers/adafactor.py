@@ -13,6 +13,12 @@ Step t, for a parameter whose last two dimensions are (m, n)::
 
 Without ``beta1`` the update is g times a positive factor, always aligned with g, so the
 cautious twin requires ``beta1`` and masks ``m`` against ``g``.
+
+The step-size scalars (alpha and the clipping divisor) stay 0-d tensors, never Python numbers:
+no device synchronisation, and a step runs on the ``meta`` device. torch's momentum-cycling
+schedulers (``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True``) look for a ``momentum`` or
+``betas`` setting; Adafactor's first moment is ``beta1`` (HF's name), which they do not know:
+pass ``cycle_momentum=False`` (and schedule ``group["beta1"]`` yourself if you want it cycled).
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ def adafactor(params: list[Tensor], grads: list[Tensor], states: list[dict], *, 
         eps1_p = torch.finfo(param.dtype).eps if eps1 is None else eps1
         one_minus_beta2 = step**beta2_decay
         rho = min(lr, 1 / step**0.5)
-        alpha = max(eps2, param.norm(2).item() / param.numel() ** 0.5) * rho
+        # alpha = max(eps2, RMS(p)) * rho, in float64 for every dtype, as torch's Python floats
+        alpha = (param.norm(2).double() / param.numel() ** 0.5).clamp_(min=eps2).mul_(rho)
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay)
         if grad.dim() > 1:
@@ -48,12 +55,12 @@ def adafactor(params: list[Tensor], grads: list[Tensor], states: list[dict], *, 
             state["variance"].lerp_(grad * grad, one_minus_beta2)
             var_estimate = state["variance"].clone()
         update = var_estimate.clamp_(min=eps1_p * eps1_p).rsqrt_().mul_(grad)
-        clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * d))
+        clip = (update.norm(2).double() / (update.numel() ** 0.5 * d)).clamp_(min=1.0)
         if beta1 is None:
-            param.add_(update, alpha=-alpha / clip)
+            param.sub_(update.mul_(alpha / clip))
             continue
         exp_avg = state["exp_avg"]
-        exp_avg.mul_(beta1).add_(update, alpha=(1 - beta1) * alpha / clip)
+        exp_avg.mul_(beta1).add_(update.mul_((1 - beta1) * alpha / clip))
         add_update(param, exp_avg, grad, -1.0, caution, caution_norm, counts)
 
 
@@ -63,6 +70,8 @@ class Adafactor(ZooOptimizer):
     Same arguments and results as ``torch.optim.Adafactor`` (``beta1=None``), plus ``beta1``
     (first moment of the clipped update), ``caution`` and ``caution_norm``.
     """
+
+    torch_settings = {"foreach": None}
 
     def __init__(self, params, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
@@ -89,6 +98,10 @@ class Adafactor(ZooOptimizer):
         factored = shape[:-1].numel() + shape[:-2].numel() * shape[-1] if param.dim() > 1 else param.numel()
         moment = param.numel() if group["beta1"] is not None else 0
         return (factored + moment) * param.element_size()
+
+    def _state_keys(self, param, group):
+        factors = {"row_var", "col_var"} if param.dim() > 1 else {"variance"}
+        return {"step"} | factors, {"exp_avg"}   # the first moment appears once beta1 is set
 
     def _caution_noop_reason(self, group):
         if group["beta1"] is None or group["beta1"] == 0:

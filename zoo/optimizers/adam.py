@@ -123,16 +123,37 @@ class _AdaptiveBase(ZooOptimizer):
     """Validation shared by the Adam-like optimizers (betas, eps)."""
 
     full_size_states = 2   # m, v
+    state_keys = ("step", "exp_avg", "exp_avg_sq")
 
     def _validate(self, group):
         check_betas("betas", group["betas"])
         check_range("eps", group["eps"])
 
 
-class Adam(_AdaptiveBase):
+class _Decoupling(_AdaptiveBase):
+    """Adam-like optimizers whose groups say, as torch.optim's, whether the decay is decoupled
+    (``decoupled_weight_decay``, fixed by the class): a torch.optim.NAdam reading a zoo NAdamW
+    state then decays as it should, and Adam and AdamW states cannot be mistaken."""
+
+    decoupled = False
+    defining_settings = ("caution", "decoupled_weight_decay")
+    torch_settings = {"capturable": None, "differentiable": (False,)}
+
+    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
+        super().__init__(params, dict(defaults, decoupled_weight_decay=self.decoupled), caution, caution_norm)
+
+    def _validate(self, group):
+        super()._validate(group)
+        if group["decoupled_weight_decay"] is not self.decoupled:
+            raise ValueError(f"Invalid decoupled_weight_decay: {group['decoupled_weight_decay']!r}; "
+                             f"{type(self).__name__}'s weight decay is {'' if self.decoupled else 'not '}decoupled")
+
+
+class Adam(_Decoupling):
     """Adam with L2 weight decay added to the gradient (as ``torch.optim.Adam``)."""
 
     decoupled = False
+    torch_settings = {"amsgrad": (False,), "capturable": None, "differentiable": (False,)}
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
@@ -144,7 +165,8 @@ class Adam(_AdaptiveBase):
 
     def _validate(self, group):
         super()._validate(group)
-        check_bool("fused", group["fused"])
+        if group["fused"] is not None:   # None: torch.optim's default, not fused
+            check_bool("fused", group["fused"])
         if group["fused"] and group["foreach"]:
             raise ValueError("Invalid fused: fused=True and foreach=True cannot both be set")
         if group["fused"] and group["caution"]:
@@ -158,7 +180,7 @@ class Adam(_AdaptiveBase):
              [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
              lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
              weight_decay=group["weight_decay"], decoupled=self.decoupled,
-             foreach=self._foreach(group, params), fused=group["fused"], **self._caution_args(group))
+             foreach=self._foreach(group, params), fused=bool(group["fused"]), **self._caution_args(group))
 
 
 class AdamW(Adam):
@@ -174,8 +196,13 @@ class AdamW(Adam):
                          fused=fused, caution=caution, caution_norm=caution_norm)
 
 
-class NAdamW(_AdaptiveBase):
+class NAdamW(_Decoupling):
     """NAdam with decoupled weight decay (as ``torch.optim.NAdam(decoupled_weight_decay=True)``)."""
+
+    decoupled = True
+    torch_settings = {"foreach": None, "capturable": None, "differentiable": (False,)}
+    state_keys = ("step", "exp_avg", "exp_avg_sq", "mu_product")
+    scalar_state = {"step": int, "mu_product": float}
 
     def __init__(self, params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, momentum_decay: float = 4e-3, *,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..caution import add_update
 from .adam import _AdaptiveBase
-from .base import as_float, check_bool, check_range
+from .base import as_float, carry_nonfinite, check_bool, check_range
 
 __all__ = ["ADOPT", "adopt"]
 
@@ -34,13 +34,14 @@ def adopt(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp
             grad = grad.add(param, alpha=weight_decay)
         if step == 1:
             exp_avg_sq.addcmul_(grad, grad)
+            carry_nonfinite(param, grad)   # no update, but a non-finite gradient still shows in the weight
             continue
         if weight_decay != 0 and decoupled:
             param.mul_(1 - lr * weight_decay)
         normed = grad / exp_avg_sq.sqrt().clamp_(min=eps)
         if clip_exp is not None:
             clip = (step - 1) ** clip_exp
-            normed.clamp_(-clip, clip)
+            carry_nonfinite(normed.clamp_(-clip, clip), grad)   # a clipped infinity stays visible
         exp_avg.lerp_(normed, 1 - beta1)
         add_update(param, exp_avg, grad, -lr, caution, caution_norm, counts)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)

@@ -1,12 +1,23 @@
-"""What every zoo optimizer shares: torch.optim conventions, validation and the caution options.
+"""What every zoo optimizer shares: torch.optim conventions, validation, the caution options,
+state dicts that are checked when loaded and exchanged with torch.optim, and one policy for
+non-finite gradients.
 
 A subclass states its hyper-parameters' ranges in ``_validate`` (called for every param group,
 so a bad value in any group is refused), says why caution would be a no-op in
 ``_caution_noop_reason`` where that can happen, and does the math of one group in
-``_update_group`` by calling its functional core.
+``_update_group`` by calling its functional core. For :meth:`ZooOptimizer.load_state_dict` it
+names the settings that say which optimizer a state belongs to (``defining_settings``), the
+settings torch.optim's counterpart writes (``torch_settings``) and the keys of a parameter's
+state (``state_keys`` or ``_state_keys``).
+
+**Non-finite gradients** (every optimizer, tested): as in torch.optim, a NaN or infinite gradient
+entry reaches the weight, which becomes non-finite at that step, visibly; no optimizer raises on
+it part-way through a step, and none freezes a coordinate silently (a sign of NaN is 0 in torch:
+the signed and clipped updates add ``0 * g`` to carry it, :func:`carry_nonfinite`).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from numbers import Real
 
@@ -16,7 +27,10 @@ from torch.optim import Optimizer
 
 from ..caution import check_norm
 
-__all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool"]
+__all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool", "carry_nonfinite", "STATE_MARKER"]
+
+STATE_MARKER = "zoo_optimizer"
+"""Key that :meth:`ZooOptimizer.state_dict` adds to each saved param group: the class that saved it."""
 
 
 def check_range(name: str, value, low: float = 0.0, high: float = math.inf, *,
@@ -48,22 +62,68 @@ def check_betas(name: str, betas, count: int = 2) -> None:
         check_range(f"{name}[{i}]", beta, 0.0, 1.0, high_open=True)
 
 
+def carry_nonfinite(update: Tensor, grad: Tensor) -> Tensor:
+    """``update + 0 * grad`` in place: NaN where ``grad`` is NaN or infinite, ``update`` elsewhere
+    (for updates that would hide a non-finite gradient: a sign, a clip)."""
+    return update.add_(grad, alpha=0)
+
+
+def _known_settings() -> set[str]:
+    """Hyper-parameter names of every torch.optim optimizer and every registered zoo class: a
+    saved group holding one that this optimizer does not have belongs to another optimizer."""
+    from ..registry import _REGISTRY
+    classes = [c for c in vars(torch.optim).values() if isinstance(c, type) and issubclass(c, Optimizer)]
+    classes += [rec.cls for rec in _REGISTRY.values()]
+    return {name for cls in classes for name in inspect.signature(cls.__init__).parameters} - {"self", "params"}
+
+
 def as_float(value) -> float:
     """A learning rate or other scalar given as a float or a one-element tensor, as a float."""
     return value.item() if isinstance(value, Tensor) else float(value)
 
 
 class ZooOptimizer(Optimizer):
-    """Base class: ``step(closure)``, grads that are None skipped, per-group validation, caution."""
+    """Base class: ``step(closure)``, grads that are None skipped, per-group validation, caution,
+    checked state dicts that torch.optim's counterparts read and write."""
+
+    defining_settings: tuple[str, ...] = ("caution",)
+    """Group settings that say which optimizer a state belongs to (``caution``: a ``c-`` twin or
+    its base); a loaded state must agree with this optimizer on each it holds."""
+    torch_settings: dict = {}
+    """Settings torch.optim's counterpart writes into its groups that this class lacks, each with
+    the values it accepts (None: any), so that a torch.optim state loads."""
+    state_keys: tuple[str, ...] | None = None
+    """Keys of a parameter's state after a step (None: not checked at load); classes whose keys
+    depend on the parameter override :meth:`_state_keys`."""
+    scalar_state: dict = {"step": int}
+    """State entries kept as Python numbers; a torch.optim state's tensor (its ``step``) is read
+    back as one."""
 
     def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
         super().__init__(params, dict(defaults, caution=caution, caution_norm=caution_norm))
         self._aligned_counts: list = []
 
+    def __setstate__(self, state: dict) -> None:   # unpickling, copy.deepcopy, load_state_dict
+        super().__setstate__(state)
+        self.__dict__.setdefault("_aligned_counts", [])
+
     # -- validation -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
+        """torch.optim's, plus validation of the group; a group without ``param_names`` added to
+        an optimizer whose groups have them (:func:`zoo.create`'s) gets names ``param<i>``."""
+        params = param_group.get("params")
+        if params is not None and not isinstance(params, set):   # torch refuses sets itself
+            params = [params] if isinstance(params, Tensor) else list(params)
+            param_group = {**param_group, "params": params}
+            if (any("param_names" in g for g in self.param_groups) and "param_names" not in param_group
+                    and all(isinstance(p, Tensor) for p in params)):
+                start = sum(len(g["params"]) for g in self.param_groups)
+                param_group["param_names"] = [f"param{start + j}" for j in range(len(params))]
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        self._check_group(self.param_groups[-1])
+
+    def _check_group(self, group: dict) -> None:
+        """Raise ``ValueError`` naming the first setting of ``group`` out of its range."""
         check_range("lr", group["lr"])
         check_range("weight_decay", group["weight_decay"])
         check_bool("maximize", group["maximize"])
@@ -82,6 +142,85 @@ class ZooOptimizer(Optimizer):
 
     def _validate(self, group: dict) -> None:
         """Check the family's own hyper-parameters; raise ``ValueError`` naming the argument."""
+
+    # -- state dicts --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """torch.optim's state dict; each param group also names the class that saved it
+        (:data:`STATE_MARKER`), which torch.optim ignores."""
+        state = super().state_dict()
+        for group in state["param_groups"]:
+            group[STATE_MARKER] = type(self).__name__
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's, after checking that the state is one of this optimizer's, from this
+        class or from torch.optim's counterpart (:meth:`check_state_dict`). Settings the state
+        does not hold (a torch.optim state has no ``caution``) keep this optimizer's values; the
+        loaded groups are validated like new ones; a torch.optim tensor ``step`` becomes an int."""
+        groups = state_dict["param_groups"]
+        if len(groups) == len(self.param_groups) and all(
+                len(a["params"]) == len(b["params"]) for a, b in zip(groups, self.param_groups)):
+            self.check_state_dict(state_dict)   # otherwise torch's load names the mismatch
+        before = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        groups = [{k: v for k, v in g.items() if k != STATE_MARKER} for g in groups]
+        super().load_state_dict({**state_dict, "param_groups": groups})
+        for group, old in zip(self.param_groups, before):
+            for key, value in old.items():
+                group.setdefault(key, value)
+            self._check_group(group)
+        for state in self.state.values():
+            for key, kind in self.scalar_state.items():
+                if isinstance(state.get(key), Tensor):
+                    state[key] = kind(state[key].item())
+
+    def check_state_dict(self, state_dict: dict) -> None:
+        """Raise ``ValueError`` naming the mismatch when ``state_dict`` is not a state of this
+        optimizer: saved by another class (:data:`STATE_MARKER`), holding settings of another
+        optimizer, disagreeing on a defining setting (caution, Nesterov, decoupled decay, APOLLO's
+        rank...), a torch.optim setting this class does not implement (``amsgrad=True``), or a
+        parameter state without the keys this optimizer keeps (or with others)."""
+        who, known = type(self).__name__, _known_settings()
+        saved_groups = state_dict["param_groups"]
+        for i, (ours, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            where = f"param group {i}" + (f" ({ours['name']})" if "name" in ours else "")
+            marker = saved.get(STATE_MARKER, who)
+            if marker != who:
+                raise ValueError(f"the state was saved by a {marker} optimizer ({where}), not {who}; load it into "
+                                 f"a {marker} or start this {who} afresh")
+            foreign = sorted(k for k in saved if k in known and k not in ours and k not in self.torch_settings)
+            if foreign:
+                raise ValueError(f"the state's {where} has settings {foreign} that {who} does not have: it is "
+                                 f"the state of another optimizer")
+            for key, allowed in self.torch_settings.items():
+                if key in saved and allowed is not None and saved[key] not in allowed:
+                    raise ValueError(f"the state's {where} has {key}={saved[key]!r}, which {who} does not "
+                                     f"implement (allowed: {', '.join(map(repr, allowed))})")
+            for key in self.defining_settings:
+                if key in saved and key in ours and saved[key] != ours[key]:
+                    raise ValueError(f"the state's {where} has {key}={saved[key]!r} but this {who} has "
+                                     f"{key}={ours[key]!r}: it is the state of another optimizer (build the "
+                                     f"one with {key}={saved[key]!r} to load it)")
+        for i, (ours, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            merged = {**ours, **{k: v for k, v in saved.items() if k != "params"}}
+            names = ours.get("param_names") or [f"{j}" for j in range(len(ours["params"]))]
+            for param, name, pid in zip(ours["params"], names, saved["params"]):
+                state = state_dict["state"].get(pid)
+                keys = self._state_keys(param, merged) if state else None
+                if keys is None:
+                    continue
+                required, optional = keys
+                missing, unknown = sorted(required - set(state)), sorted(set(state) - required - optional)
+                if missing or unknown:
+                    raise ValueError(f"the state of parameter {name} (param group {i}) "
+                                     + (f"lacks {missing}" if missing else "")
+                                     + (" and " if missing and unknown else "")
+                                     + (f"has {unknown}, which {who} does not keep" if unknown else "")
+                                     + f": {who} keeps {sorted(required)} for it; it is the state of another "
+                                     "optimizer or of other settings")
+
+    def _state_keys(self, param: Tensor, group: dict) -> tuple[set, set] | None:
+        """(required, optional) keys of ``param``'s state after a step in ``group``; None: not checked."""
+        return None if self.state_keys is None else (set(self.state_keys), set())
 
     full_size_states = 0
     """How many tensors of the parameter's size its state holds (classes with other states
@@ -105,8 +244,9 @@ class ZooOptimizer(Optimizer):
                 loss = closure()
         self._aligned_counts = []
         for group in self.param_groups:
-            # a zero-size tensor has nothing to update (and no RMS or norm to take)
-            params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
+            # a zero-size tensor has nothing to update (and no RMS or norm to take); a parameter
+            # listed twice in a group (torch warns) is updated once
+            params = [p for p in dict.fromkeys(group["params"]) if p.grad is not None and p.numel() > 0]
             for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")

@@ -44,6 +44,8 @@ def laprop(params: list[Tensor], grads: list[Tensor], states: list[dict], *, lr:
 class LaProp(_AdaptiveBase):
     """LaProp: separates momentum from adaptivity (normalise first, then average)."""
 
+    state_keys = ("step", "exp_avg", "exp_avg_sq", "exp_avg_lr_1", "exp_avg_lr_2")
+
     def __init__(self, params, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-15, weight_decay: float = 0.0, *, maximize: bool = False,
                  caution: bool = False, caution_norm="mean"):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..caution import add_update, caution_mask
-from .base import ZooOptimizer, as_float, check_betas, check_range
+from .base import ZooOptimizer, as_float, carry_nonfinite, check_betas, check_range
 
 __all__ = ["Lion", "Signum", "lion"]
 
@@ -31,6 +31,7 @@ def lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, l
             torch._foreach_mul_(params, 1 - lr * weight_decay)
         updates = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
         torch._foreach_sign_(updates)
+        torch._foreach_add_(updates, grads, alpha=0)   # carry_nonfinite: sign(NaN) is 0
         if caution:
             masks = [caution_mask(u, g, caution_norm, counts) for u, g in zip(updates, grads)]
             torch._foreach_addcmul_(params, masks, updates, -lr)
@@ -41,7 +42,7 @@ def lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, l
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay)
-        update = exp_avg.lerp(grad, 1 - beta1).sign_()
+        update = carry_nonfinite(exp_avg.lerp(grad, 1 - beta1).sign_(), grad)
         add_update(param, update, grad, -lr, caution, caution_norm, counts)
         exp_avg.lerp_(grad, 1 - beta2)
 
@@ -50,6 +51,7 @@ class Lion(ZooOptimizer):
     """Lion: the sign of an interpolated momentum, decoupled weight decay."""
 
     full_size_states = 1   # m
+    state_keys = ("step", "exp_avg")
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
@@ -79,6 +81,7 @@ class Signum(ZooOptimizer):
     """Signum: the sign of an exponential moving average of gradients, decoupled weight decay."""
 
     full_size_states = 1   # m
+    state_keys = ("step", "exp_avg")
 
     def __init__(self, params, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  maximize: bool = False, foreach: bool | None = None, caution: bool = False,

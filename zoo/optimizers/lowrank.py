@@ -17,12 +17,18 @@ For a 2-D weight W (m, n) with gradient G in a group with a ``rank``, step t (1,
              the reference's residual, which is G - P Pᵀ G at the default scale 1)
     limit (APOLLO, Fira; on G*s resp. the residual term; gamma = norm_growth_limit):
              f = max(||U_t|| / (||U_{t-1}|| + 1e-8), gamma) / gamma;  U_t <- U_t / f
-             (the first step only records the norm)
+             (the first step only records the norm; so does a step after one whose norm was 0,
+             where the reference divides by about ||U_t|| / 1e-8 and the weight never moves
+             again: an all-zero gradient, a zero-initialised layer. Where the reference's limit
+             is defined, ||U_{t-1}|| > 0, the two agree)
     W  <- W - lr * sqrt(1 - b2^t) / (1 - b1^t) * U        (cautious twins: U masked against G)
     W  <- W - lr * wd * W                                  (decoupled, after the update)
 
 Parameters of a group without a rank, and parameters that are not 2-D, take the same step with
 R = G and U = N: AdamW in the reference's form (eps outside the bias correction, decay after).
+
+A non-finite gradient reaches the weight as NaN (:mod:`zoo.optimizers.base`); the SVD of a
+refresh step is taken of the gradient with its non-finite entries zeroed, so it never raises.
 """
 from __future__ import annotations
 
@@ -69,7 +75,9 @@ def _limit(norm: Tensor, state: dict, step: int, gamma: float | None):
         return 1.0
     factor = 1.0
     if step > 1:
-        factor = torch.clamp(norm / (state["update_norm"] + SCALE_EPS), min=gamma) / gamma
+        previous = state["update_norm"]
+        factor = torch.clamp(norm / (previous + SCALE_EPS), min=gamma) / gamma
+        factor = torch.where(previous > 0, factor, 1.0)   # no previous norm to limit against
         norm = norm / factor
     state["update_norm"].copy_(norm)
     return factor
@@ -132,6 +140,14 @@ class _LowRankAdamW(ZooOptimizer):
     """Shared construction, validation, state and memory formula of the low-rank family."""
 
     method = ""
+
+    def _state_keys(self, param, group):
+        keys = {"step", "exp_avg", "exp_avg_sq"}
+        if group["rank"] is not None and param.dim() == 2:
+            keys |= {"seed"} if group["proj"] == "random" else set()
+            keys |= {"projection"} if group["proj"] == "svd" or group["store_projection"] else set()
+            keys |= {"update_norm"} if group["norm_growth_limit"] is not None and self.method != "galore" else set()
+        return keys, set()
 
     def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
         super().__init__(params, defaults, caution, caution_norm)
@@ -216,6 +232,7 @@ class Apollo(_LowRankAdamW):
 
     method = "apollo"
     caution_refusal = "APOLLO's update is the gradient times positive channel- or tensor-wise factors"
+    defining_settings = ("caution", "rank", "scale_type", "proj")   # apollo, apollo-mini, apollo-svd
 
     def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 128,

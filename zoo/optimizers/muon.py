@@ -118,9 +118,18 @@ class Muon(ZooOptimizer):
         check_range("adamw_eps", group["adamw_eps"])
         check_range("adamw_lr_ratio", group["adamw_lr_ratio"])
 
+    @staticmethod
+    def _orthogonalised(param: Tensor, group: dict) -> bool:
+        return group["use_muon"] is not False and param.dim() >= 2
+
     def expected_state_bytes(self, param, group):
-        tensors = 1 if group["use_muon"] is not False and param.dim() >= 2 else 2
+        tensors = 1 if self._orthogonalised(param, group) else 2
         return tensors * param.numel() * param.element_size()
+
+    def _state_keys(self, param, group):
+        if self._orthogonalised(param, group):
+            return {"momentum_buffer"}, set()
+        return {"step", "exp_avg", "exp_avg_sq"}, set()
 
     def _caution_noop_reason(self, group):
         if group["momentum"] == 0 and group["use_muon"] is True:
@@ -129,7 +138,7 @@ class Muon(ZooOptimizer):
 
     def _update_group(self, group, params):
         grads = self._grads(group, params)
-        matrices = [group["use_muon"] is not False and p.dim() >= 2 for p in params]
+        matrices = [self._orthogonalised(p, group) for p in params]
         lr = as_float(group["lr"])
         ortho = [i for i, is_matrix in enumerate(matrices) if is_matrix]
         if ortho:

@@ -46,6 +46,9 @@ class SGD(ZooOptimizer):
     ``weight_decay`` is an L2 penalty added to the gradient, as in torch.optim.SGD.
     """
 
+    defining_settings = ("caution", "nesterov")
+    torch_settings = {"foreach": None, "differentiable": (False,), "fused": None}
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
                  caution: bool = False, caution_norm="mean"):
@@ -62,6 +65,9 @@ class SGD(ZooOptimizer):
 
     def expected_state_bytes(self, param, group):
         return param.numel() * param.element_size() if group["momentum"] != 0 else 0
+
+    def _state_keys(self, param, group):
+        return ({"momentum_buffer"} if group["momentum"] != 0 else set()), set()
 
     def _caution_noop_reason(self, group):
         if group["momentum"] == 0:
