@@ -13,7 +13,8 @@ setting it ran at and a SHA-256 of its code cells (:func:`code_digest`): a test 
 committed notebooks were executed at the full setting from the code they hold now.
 
 The kernel runs in the notebook's folder, with the repository root on ``PYTHONPATH`` and
-matplotlib's Agg backend.
+matplotlib's inline backend (:data:`INLINE_BACKEND`), so figures become outputs, with or without a
+screen.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ __all__ = ["ROOT", "NOTEBOOK_DIR", "FAST_ENV", "find", "code_digest", "execute",
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 FAST_ENV = "ZOO_NOTEBOOK_FAST"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+"""The kernel's matplotlib backend: figures are drawn (Agg) and stored in the cell's output."""
 
 
 def find(names=(), folder: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -61,7 +64,7 @@ def code_digest(nb) -> str:
 def _environment(fast: bool):
     """The kernel's environment (inherited from this process), restored afterwards."""
     saved = {k: os.environ.get(k) for k in (FAST_ENV, "MPLBACKEND", "PYTHONPATH")}
-    os.environ["MPLBACKEND"] = "Agg"
+    os.environ["MPLBACKEND"] = INLINE_BACKEND   # whatever this process uses (CI sets Agg)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))
     if fast:
         os.environ[FAST_ENV] = "1"
@@ -88,7 +91,8 @@ def execute(path, *, fast: bool = False, timeout: float | None = None, write: bo
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
+                                     resources={"metadata": {"path": str(path.parent)}},
+                                     extra_arguments=["--IPKernelApp.log_level=ERROR"])
     with _environment(fast):
         client.execute()
     nb.metadata["zoo"] = {"setting": "fast" if fast else "full", "code_sha256": code_digest(nb)}

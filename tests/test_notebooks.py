@@ -24,7 +24,9 @@ RERUN = "re-execute it with: python -m analysis.notebooks {}"
 def test_notebook_executes(path):
     nb = notebooks.execute(path, fast=True, timeout=TIMEOUT_S)
     assert nb.metadata["zoo"] == {"setting": "fast", "code_sha256": notebooks.code_digest(nb)}
-    assert all(cell.execution_count for cell in nb.cells if cell.cell_type == "code")
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count for cell in code)
+    assert any("image/png" in out.get("data", {}) for cell in code for out in cell.outputs), "no figure drawn"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
