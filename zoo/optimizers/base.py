@@ -155,8 +155,8 @@ class ZooOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """torch.optim's, after checking that the state is one of this optimizer's, from this
         class or from torch.optim's counterpart (:meth:`check_state_dict`). Settings the state
-        does not hold (a torch.optim state has no ``caution``) keep this optimizer's values; the
-        loaded groups are validated like new ones; a torch.optim tensor ``step`` becomes an int."""
+        does not hold (a torch.optim state has no ``caution``) keep this optimizer's values; a
+        torch.optim tensor ``step`` becomes an int. Nothing is changed when the check fails."""
         groups = state_dict["param_groups"]
         if len(groups) == len(self.param_groups) and all(
                 len(a["params"]) == len(b["params"]) for a, b in zip(groups, self.param_groups)):
@@ -167,7 +167,6 @@ class ZooOptimizer(Optimizer):
         for group, old in zip(self.param_groups, before):
             for key, value in old.items():
                 group.setdefault(key, value)
-            self._check_group(group)
         for state in self.state.values():
             for key, kind in self.scalar_state.items():
                 if isinstance(state.get(key), Tensor):
@@ -177,8 +176,9 @@ class ZooOptimizer(Optimizer):
         """Raise ``ValueError`` naming the mismatch when ``state_dict`` is not a state of this
         optimizer: saved by another class (:data:`STATE_MARKER`), holding settings of another
         optimizer, disagreeing on a defining setting (caution, Nesterov, decoupled decay, APOLLO's
-        rank...), a torch.optim setting this class does not implement (``amsgrad=True``), or a
-        parameter state without the keys this optimizer keeps (or with others)."""
+        rank...), a torch.optim setting this class does not implement (``amsgrad=True``), a
+        setting out of its range (validated as a new group's), or a parameter state without the
+        keys this optimizer keeps (or with others)."""
         who, known = type(self).__name__, _known_settings()
         saved_groups = state_dict["param_groups"]
         for i, (ours, saved) in enumerate(zip(self.param_groups, saved_groups)):
@@ -200,8 +200,11 @@ class ZooOptimizer(Optimizer):
                     raise ValueError(f"the state's {where} has {key}={saved[key]!r} but this {who} has "
                                      f"{key}={ours[key]!r}: it is the state of another optimizer (build the "
                                      f"one with {key}={saved[key]!r} to load it)")
-        for i, (ours, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            merged = {**ours, **{k: v for k, v in saved.items() if k != "params"}}
+        merged_groups = [{**ours, **{k: v for k, v in saved.items() if k not in ("params", STATE_MARKER)}}
+                         for ours, saved in zip(self.param_groups, saved_groups)]
+        for merged in merged_groups:
+            self._check_group(merged)
+        for i, (ours, saved, merged) in enumerate(zip(self.param_groups, saved_groups, merged_groups)):
             names = ours.get("param_names") or [f"{j}" for j in range(len(ours["params"]))]
             for param, name, pid in zip(ours["params"], names, saved["params"]):
                 state = state_dict["state"].get(pid)
