@@ -2,6 +2,7 @@
 equal to torch's; a state of another optimizer is refused at load, naming the mismatch."""
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 
@@ -57,42 +58,35 @@ def zoo_optimizer(name, params):
     return zoo.get(name)(params, **hp, **({"beta1": 0.9} if name == "c-adafactor" else {}))
 
 
+def hand_over(first, params, make_second):
+    """``first`` trains ``params`` 4 steps; a copy of the parameters goes to ``make_second``, whose
+    optimizer loads ``first``'s checkpoint; both then train 4 more steps and must agree."""
+    steps(first, params, 0, 4)
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    second = make_second(copies)
+    second.load_state_dict(through_bytes(first.state_dict()))
+    for x, y in zip(steps(second, copies, 4, 4), steps(first, params, 4, 4)):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
+    return second
+
+
 @pytest.mark.parametrize("name", list(TORCH))
 def test_a_torch_optim_state_resumes_in_the_zoo(float64, name):
-    """torch.optim trains 4 steps; its checkpoint loads into the zoo optimizer, whose next 4 steps
-    equal torch's own (torch's tensor step counters included); the zoo keeps its settings."""
-    shapes = shapes_for(name)
-    ours_params, theirs_params = make_params(shapes), make_params(shapes)
-    theirs = torch_optimizer(name, theirs_params, **TORCH_ONLY.get(name, {}))
-    steps(theirs, theirs_params, 0, 4)
-    ours = zoo_optimizer(name, ours_params)
-    with torch.no_grad():
-        for p, q in zip(ours_params, theirs_params):
-            p.copy_(q)
-    ours.load_state_dict(through_bytes(theirs.state_dict()))
+    """torch.optim's checkpoint loads into the zoo optimizer, whose next steps equal torch's own
+    (torch's tensor step counters included); the zoo keeps its own settings (caution off)."""
+    params = make_params(shapes_for(name))
+    ours = hand_over(torch_optimizer(name, params, **TORCH_ONLY.get(name, {})), params,
+                     lambda copies: zoo_optimizer(name, copies))
     assert all(g["caution"] is False for g in ours.param_groups)
     assert all(isinstance(s["step"], int) for s in ours.state.values() if "step" in s)
-    a, b = steps(ours, ours_params, 4, 4), steps(theirs, theirs_params, 4, 4)
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("name", list(TORCH))
 def test_a_zoo_state_resumes_in_torch_optim(float64, name):
     """The other way: torch.optim built with its defaults (NAdam: L2 decay) reads the zoo's
     checkpoint and continues as the zoo optimizer does (NAdam: decoupled decay, from the state)."""
-    shapes = shapes_for(name)
-    ours_params, theirs_params = make_params(shapes), make_params(shapes)
-    ours = zoo_optimizer(name, ours_params)
-    steps(ours, ours_params, 0, 4)
-    theirs = torch_optimizer(name, theirs_params)
-    with torch.no_grad():
-        for p, q in zip(theirs_params, ours_params):
-            p.copy_(q)
-    theirs.load_state_dict(through_bytes(ours.state_dict()))
-    a, b = steps(ours, ours_params, 4, 4), steps(theirs, theirs_params, 4, 4)
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
+    params = make_params(shapes_for(name))
+    hand_over(zoo_optimizer(name, params), params, lambda copies: torch_optimizer(name, copies))
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.names(cautious=True) if zoo.info(n).base in TORCH])
@@ -215,3 +209,20 @@ def test_a_scheduler_s_keys_do_not_count_as_another_optimizer():
     fresh, _ = stepped("c-adamw", count=0)
     fresh.load_state_dict(opt.state_dict())
     assert fresh.param_groups[0]["initial_lr"] == opt.param_groups[0]["initial_lr"]
+
+
+def test_a_refused_state_changes_nothing():
+    """The check runs before anything is loaded: a refused state leaves the optimizer as it was,
+    including a state whose only fault is a setting out of range."""
+    opt, _ = stepped("c-adamw")
+    before = copy.deepcopy(opt.state_dict())
+    bad_lr = copy.deepcopy(before)
+    bad_lr["param_groups"][0]["lr"] = -1.0
+    for state, match in ((stepped("adamw")[0].state_dict(), "caution=False"), (bad_lr, "Invalid lr")):
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(state)
+        after = opt.state_dict()
+        assert after["param_groups"] == before["param_groups"]
+        for pid, values in before["state"].items():
+            assert all(torch.equal(values[k], after["state"][pid][k]) if isinstance(values[k], torch.Tensor)
+                       else values[k] == after["state"][pid][k] for k in values)
