@@ -140,6 +140,7 @@ class _LowRankAdamW(ZooOptimizer):
     """Shared construction, validation, state and memory formula of the low-rank family."""
 
     method = ""
+    defining_settings = ("caution", "proj")
 
     def _state_keys(self, param, group):
         keys = {"step", "exp_avg", "exp_avg_sq"}
