@@ -59,7 +59,8 @@ def param_groups(model: nn.Module, weight_decay: float,
             for kind, pairs in items.items() if pairs]
 
 
-def create(model_or_params, name: str, *, low_rank_filter=None, muon_filter=None, **hparams) -> Optimizer:
+def create(model_or_params, name: str, *, low_rank_filter=None, muon_filter=None, layerwise: bool = False,
+           accumulate: int = 1, **hparams) -> Optimizer:
     """Build the optimizer ``name`` with ``hparams``.
 
     Given an ``nn.Module``, the parameters are grouped by :func:`param_groups`: no weight decay
@@ -73,9 +74,22 @@ def create(model_or_params, name: str, *, low_rank_filter=None, muon_filter=None
     in the reference setups. ``zoo.describe(opt)`` shows the split. Frozen parameters are
     grouped too (:func:`param_groups`). Given tensors or param-group dicts, they are passed
     through unchanged.
+
+    ``layerwise=True`` updates each parameter inside ``backward`` and frees its gradient
+    (:mod:`zoo.layerwise`), once every ``accumulate`` backward passes.
     """
     rec = info(name)
     rec.check_fixed(hparams)
+    if not layerwise:
+        if accumulate != 1:
+            raise ValueError("accumulate is for layerwise=True (an ordinary loop accumulates by calling "
+                             "backward several times before step)")
+        return _build(rec, model_or_params, low_rank_filter, muon_filter, hparams)
+    from .layerwise import attach
+    return attach(_build(rec, model_or_params, low_rank_filter, muon_filter, hparams), accumulate)
+
+
+def _build(rec, model_or_params, low_rank_filter, muon_filter, hparams: dict) -> Optimizer:
     muon = "use_muon" in rec.defaults
     if not isinstance(model_or_params, nn.Module):
         if low_rank_filter is not None or muon_filter is not None:

@@ -98,6 +98,8 @@ class ZooOptimizer(Optimizer):
     scalar_state: dict = {"step": int}
     """State entries kept as Python numbers; a torch.optim state's tensor (its ``step``) is read
     back as one."""
+    per_layer = None
+    """The :class:`zoo.layerwise.PerLayer` hooks when the parameters are updated inside backward."""
 
     def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
         super().__init__(params, dict(defaults, caution=caution, caution_norm=caution_norm))
@@ -121,6 +123,8 @@ class ZooOptimizer(Optimizer):
                 param_group["param_names"] = [f"param{start + j}" for j in range(len(params))]
         super().add_param_group(param_group)
         self._check_group(self.param_groups[-1])
+        if self.per_layer is not None:
+            self.per_layer.hook(len(self.param_groups) - 1)
 
     def _check_group(self, group: dict) -> None:
         """Raise ``ValueError`` naming the first setting of ``group`` out of its range."""
@@ -240,24 +244,32 @@ class ZooOptimizer(Optimizer):
     # -- stepping ---------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss.
+        With per-layer updates (:mod:`zoo.layerwise`) the parameters were updated inside
+        ``backward`` already, and this only runs the closure."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.per_layer is not None:
+            return loss
         self._aligned_counts = []
         for group in self.param_groups:
-            # a zero-size tensor has nothing to update (and no RMS or norm to take); a parameter
-            # listed twice in a group (torch warns) is updated once
-            params = [p for p in dict.fromkeys(group["params"]) if p.grad is not None and p.numel() > 0]
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                if torch.is_complex(p):
-                    raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
-            if params:
-                self._update_group(group, params)
+            self._step_group(group, group["params"])
         return loss
+
+    def _step_group(self, group: dict, params: list[Tensor]) -> None:
+        """Update those of ``params`` (of ``group``) that have a gradient."""
+        # a zero-size tensor has nothing to update (and no RMS or norm to take); a parameter
+        # listed twice in a group (torch warns) is updated once
+        params = [p for p in dict.fromkeys(params) if p.grad is not None and p.numel() > 0]
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            if torch.is_complex(p):
+                raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
+        if params:
+            self._update_group(group, params)
 
     def _update_group(self, group: dict, params: list[Tensor]) -> None:
         raise NotImplementedError
