@@ -42,11 +42,12 @@ def expected_state_bytes(optimizer: Optimizer) -> int:
 # PAPERS.md §C: hidden, MLP (intermediate), heads, layers; vocab 32000, untied embeddings
 LLAMA_CONFIGS = {
     "60M": (512, 1376, 8, 8), "130M": (768, 2048, 12, 12), "350M": (1024, 2736, 16, 24),
-    "1B": (2048, 5461, 32, 24), "7B": (4096, 11008, 32, 32),
+    "1B": (2048, 5461, 32, 24), "7B": (4096, 11008, 32, 32), "13B": (5120, 13824, 40, 40),
 }
 LLAMA_VOCAB = 32000
-LOW_RANK_RANKS = {"60M": 128, "130M": 256, "350M": 256, "1B": 512, "7B": 1024}
-"""Ranks of the GaLore / Fira / APOLLO pretraining scripts for each size (PAPERS.md §B.1)."""
+LOW_RANK_RANKS = {"60M": 128, "130M": 256, "350M": 256, "1B": 512, "7B": 1024, "13B": 1280}
+"""Ranks of the GaLore / Fira / APOLLO pretraining scripts for each size (PAPERS.md §B.1); 13B,
+which no script pretrains with a rank, gets a quarter of its width, the papers' rule."""
 
 
 def llama_shapes(config: str) -> dict[str, tuple[int, ...]]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from zoo.memory import LLAMA_CONFIGS
 
@@ -144,11 +145,16 @@ class Block(nn.Module):
 
 class Llama(nn.Module):
     """A LLaMA language model. Weights are drawn from the global torch RNG: normal(0, 0.02)
-    for every linear and the embedding, ones for the norms."""
+    for every linear and the embedding, ones for the norms.
 
-    def __init__(self, cfg: LlamaConfig):
+    ``checkpointing=True`` (an attribute, may be switched any time) recomputes each block's
+    activations in backward instead of keeping them (``torch.utils.checkpoint``, non-reentrant):
+    only the blocks' inputs are kept. The results are the same."""
+
+    def __init__(self, cfg: LlamaConfig, checkpointing: bool = False):
         super().__init__()
         self.config = cfg
+        self.checkpointing = checkpointing
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -176,7 +182,10 @@ class Llama(nn.Module):
         x = self.embed_tokens(idx)
         cos, sin = rotary_cos_sin(T, self.config.head_dim, self.config.rope_theta, like=x)
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits, None

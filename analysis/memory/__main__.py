@@ -1,0 +1,4 @@
+"""``python -m analysis.memory``: :func:`analysis.memory.cli.main`."""
+from .cli import main
+
+main()

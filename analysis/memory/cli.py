@@ -1,0 +1,103 @@
+"""``python -m analysis.memory``: the memory of a LLaMA training step, planned or measured.
+
+    python -m analysis.memory plan --model 7B,13B --optimizers adamw,galore,apollo,apollo-mini \\
+        --dtype bf16 --batch-size 1 --seq-len 256 [--layerwise] [--checkpointing] [--gpu-memory 80] --out DIR
+    python -m analysis.memory measure --model 1B --optimizers adamw,apollo-mini,apollo-mini+layerwise \\
+        --dtype bf16 --batch-size 1 --seq-len 256 --out DIR
+
+``plan`` runs each step under FakeTensorMode (no memory used) and writes ``DIR/plan.csv``
+(:data:`analysis.memory.plan.PLAN_COLUMNS`; with ``--gpu-memory`` GiB, ``max_batch``, the largest
+batch that fits). ``measure`` trains for real on this machine's CPU, one process per optimizer,
+and writes ``DIR/measure.csv``: the tracked bytes by category, the process's maximum resident
+memory, seconds per step and the losses, beside the plan of the same step. An optimizer written
+``name+layerwise`` updates inside backward; ``--layerwise`` does so for all. GB = 10⁹ bytes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from ..cli import ArgumentParser, choice_list, float_range, integer, make_folder, usage_errors
+from .plan import DTYPES, GB, Setting, llama_step, measure, plan, row
+
+__all__ = ["main"]
+
+MODELS = ("60M", "130M", "350M", "1B", "7B", "13B")
+
+
+def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
+    parser = ArgumentParser(prog="python -m analysis.memory", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands, subs = parser.add_subparsers(dest="command", required=True), {}
+    for name, text in (("plan", "plan steps under FakeTensorMode (no memory used)"),
+                       ("measure", "measure real steps on this machine's CPU")):
+        sub = subs[name] = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--model", type=choice_list(MODELS), default=("7B",), help="comma-separated LLaMA sizes")
+        sub.add_argument("--optimizers", default="adamw,galore,apollo,apollo-mini",
+                         help="comma-separated registry names, each optionally +layerwise")
+        sub.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
+                         help="weights, gradients and optimizer states")
+        sub.add_argument("--batch-size", type=integer(1), default=1)
+        sub.add_argument("--seq-len", type=integer(1), default=256)
+        sub.add_argument("--layerwise", action="store_true", help="every optimizer updates inside backward")
+        sub.add_argument("--checkpointing", action="store_true", help="recompute activations in backward")
+        sub.add_argument("--rank", type=integer(1), default=None, help="low-rank optimizers' rank "
+                         "(default: zoo.memory.LOW_RANK_RANKS of the size)")
+        sub.add_argument("--out", type=Path, required=True, help="output folder")
+        if name == "plan":
+            sub.add_argument("--gpu-memory", type=float_range(0, open_low=True), default=None,
+                             help="a card's memory in GiB (80 for an 80 GB A100): adds max_batch")
+        else:
+            sub.add_argument("--steps", type=integer(1), default=2, help="timed steps after the measured one")
+    return parser, subs
+
+
+def _settings(args) -> list[Setting]:
+    settings = []
+    for model in args.model:
+        for entry in (e.strip() for e in args.optimizers.split(",") if e.strip()):
+            name, _, suffix = entry.partition("+")
+            if suffix not in ("", "layerwise"):
+                raise ValueError(f"--optimizers entry {entry!r}: allowed a registry name, optionally +layerwise")
+            settings.append(Setting(model, name, args.dtype, args.batch_size, args.seq_len,
+                                    args.layerwise or suffix == "layerwise", args.checkpointing, args.rank))
+    if not settings:
+        raise ValueError("--optimizers names no optimizer")
+    return settings
+
+
+def _show(frame: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(frame.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser, subs = _parser()
+    args = parser.parse_args(argv)
+    with usage_errors(subs[args.command]):
+        settings = _settings(args)
+        make_folder(args.out)
+    if args.command == "plan":
+        frame = plan(settings, gpu_memory_gib=args.gpu_memory)
+        path = args.out / "plan.csv"
+    else:
+        rows = []
+        for setting in settings:
+            result = measure(setting, args.steps)
+            measured, planned = result["frame"], llama_step(setting)
+            rows.append({**row(setting, measured), "planned_peak_gb": planned.loc["total", "at_peak"] / GB,
+                         "max_resident_gb": result["max_resident_bytes"] / GB,
+                         "seconds_per_step": result["seconds_per_step"],
+                         "losses": " ".join(f"{loss:.4f}" for loss in result["losses"])})
+            print(f"measured {setting.model} {setting.optimizer}{' layerwise' if setting.layerwise else ''}: "
+                  f"peak {rows[-1]['peak_gb']:.2f} GB (planned {rows[-1]['planned_peak_gb']:.2f}), "
+                  f"resident {rows[-1]['max_resident_gb']:.2f} GB, {result['seconds_per_step']:.1f} s/step",
+                  flush=True)
+        frame = pd.DataFrame(rows)
+        path = args.out / "measure.csv"
+    frame.to_csv(path, index=False)
+    _show(frame)
+    print(f"\nwritten: {path}")
+    return frame

@@ -1,0 +1,174 @@
+"""What fits: the memory of a LLaMA training step, planned under ``FakeTensorMode`` (nothing is
+allocated, so 7B and 13B plan on a laptop) or measured for real, with
+:func:`analysis.memory.step.measure_step`.
+
+The model is :class:`analysis.models.llama.Llama` at one of the papers' sizes (PAPERS.md §C, plus
+13B) with the T5 vocabulary of 32000 tokens, its weights (and so its gradients and optimizer
+states) in ``dtype``; the optimizer comes from ``zoo.create`` (low-rank optimizers at the size's
+rank, :data:`zoo.memory.LOW_RANK_RANKS`, unless ``rank`` is given); ``layerwise`` updates inside
+backward (:mod:`zoo.layerwise`), ``checkpointing`` recomputes each block's activations.
+
+Plans run the CPU's kernels on fake CPU tensors (a CPU-only torch cannot make fake CUDA
+parameters): on a GPU, attention (flash) and matmul workspaces differ, the caching allocator
+rounds each block up to 512 bytes and the CUDA context takes a few hundred MB more; at the sizes
+planned here those are well under 1 % of the peak. :func:`max_batch` compares the peak with a
+card's memory as sold: "80 GB" is 80 GiB (85.9·10⁹ bytes).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import zoo
+from zoo.memory import LOW_RANK_RANKS
+
+from ..models.llama import CONFIGS, Llama
+from .state import GB, GIB
+from .step import default_dtype, measure_step
+
+__all__ = ["GB", "GIB", "DTYPES", "Setting", "build", "llama_step", "row", "max_batch", "plan", "measure", "PLAN_COLUMNS"]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+VOCAB = 32000
+
+PLAN_COLUMNS = ("model", "optimizer", "layerwise", "checkpointing", "weights", "batch_size", "seq_len",
+                "parameters_gb", "gradients_gb", "optimizer_gb", "activations_gb", "temporaries_gb", "peak_gb")
+"""Columns of :func:`plan` (GB = 10⁹ bytes): the categories as they stand at the peak (they sum to
+it with the small buffers/other), and with a card's memory ``gpu_memory_gib`` and ``max_batch``."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training step to plan or measure."""
+    model: str = "7B"
+    optimizer: str = "adamw"
+    dtype: str = "bf16"
+    batch_size: int = 1
+    seq_len: int = 256
+    layerwise: bool = False
+    checkpointing: bool = False
+    rank: int | None = None
+
+    def __post_init__(self):
+        if self.model not in CONFIGS or self.model == "tiny":
+            sizes = [c for c in CONFIGS if c != "tiny"]
+            raise ValueError(f"unknown model {self.model!r}; allowed: {', '.join(sizes)}")
+        zoo.info(self.optimizer)   # an unknown name raises, listing the known ones
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        for key in ("batch_size", "seq_len"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.rank is not None and self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+
+    def optimizer_options(self) -> dict:
+        record = zoo.info(self.optimizer)
+        if not record.low_rank or "rank" in record.fixed:
+            return {}
+        return {"rank": self.rank or LOW_RANK_RANKS[self.model]}
+
+
+def build(setting: Setting):
+    """(model, optimizer, batch) of ``setting``, made in the current mode (fake or real)."""
+    torch.manual_seed(0)
+    with default_dtype(DTYPES[setting.dtype]):
+        config = replace(CONFIGS[setting.model], vocab_size=VOCAB,
+                         max_seq_len=max(setting.seq_len, CONFIGS[setting.model].max_seq_len))
+        model = Llama(config, checkpointing=setting.checkpointing)
+    optimizer = zoo.create(model, setting.optimizer, layerwise=setting.layerwise, **setting.optimizer_options())
+    tokens = torch.randint(0, VOCAB, (setting.batch_size, setting.seq_len))
+    return model, optimizer, (tokens, tokens)
+
+
+def llama_step(setting: Setting, *, fake: bool = True, warmup: int = 1) -> pd.DataFrame:
+    """:func:`measure_step` of ``setting``: under ``FakeTensorMode`` (``fake``, no memory used) or
+    with real tensors on the CPU."""
+    with FakeTensorMode() if fake else nullcontext():
+        return measure_step(*build(setting), warmup=warmup)
+
+
+GB_COLUMNS = {"parameters": "parameters_gb", "gradients": "gradients_gb", "optimizer state": "optimizer_gb",
+              "activations": "activations_gb", "temporaries": "temporaries_gb", "total": "peak_gb"}
+"""Categories of :func:`measure_step` -> the columns that hold them, in GB, at the peak. The
+optimizer's column holds its state plus what its ``step()`` allocates while it runs."""
+
+
+def row(setting: Setting, frame: pd.DataFrame) -> dict:
+    """One :data:`PLAN_COLUMNS` row from ``setting`` and its :func:`measure_step` frame."""
+    return {"model": setting.model, "optimizer": setting.optimizer, "layerwise": setting.layerwise,
+            "checkpointing": setting.checkpointing, "weights": setting.dtype, "batch_size": setting.batch_size,
+            "seq_len": setting.seq_len, **{column: frame.loc[category, "at_peak"] / GB
+                                           for category, column in GB_COLUMNS.items()}}
+
+
+def max_batch(setting: Setting, memory_bytes: float, *, limit: int = 4096) -> int:
+    """The largest batch size (at most ``limit``) whose planned peak fits in ``memory_bytes``; 0
+    if not even one sequence does. Peaks grow about linearly with the batch once activations
+    dominate, so the line through batch 1 and 8 gives a guess, which is planned with its
+    neighbour; a bisection between the sizes that fit and those that do not settles the rest."""
+    peaks: dict[int, int] = {}
+
+    def fits(batch: int) -> bool:
+        if batch not in peaks:
+            peaks[batch] = int(llama_step(replace(setting, batch_size=batch))["at_peak"]["total"])
+        return peaks[batch] <= memory_bytes
+
+    if not fits(1):
+        return 0
+    probe = min(8, limit)
+    fits(probe)
+    slope = (peaks[probe] - peaks[1]) / (probe - 1) if probe > 1 else 0
+    guess = limit if slope <= 0 else max(1, min(limit, 1 + math.floor((memory_bytes - peaks[1]) / slope)))
+    low, high = 1, limit + 1                 # fits(low); high does not (or is past the limit)
+    for batch in (probe, guess, guess + 1):
+        if low < batch < high:
+            low, high = (batch, high) if fits(batch) else (low, batch)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def plan(settings, *, gpu_memory_gib: float | None = None) -> pd.DataFrame:
+    """One planned row (:data:`PLAN_COLUMNS`) per :class:`Setting`; with ``gpu_memory_gib``, the
+    card's memory (``gpu_memory_gib``) and ``max_batch``, the largest batch that fits it."""
+    rows = []
+    for setting in settings:
+        out = row(setting, llama_step(setting))
+        if gpu_memory_gib is not None:
+            out["gpu_memory_gib"] = gpu_memory_gib
+            out["max_batch"] = max_batch(setting, gpu_memory_gib * GIB)
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def _measure(setting: Setting, steps: int) -> dict:
+    """In a fresh process (:func:`measure`): the tracked step, then ``steps`` timed steps."""
+    import time
+
+    from .step import max_resident_bytes, train_step
+    model, optimizer, batch = build(setting)
+    frame = measure_step(model, optimizer, batch)
+    losses, start = [], time.perf_counter()
+    for _ in range(steps):
+        losses.append(train_step(model, optimizer, batch).float().item())
+    seconds = (time.perf_counter() - start) / steps if steps else math.nan
+    return {"frame": frame, "max_resident_bytes": max_resident_bytes(), "seconds_per_step": seconds,
+            "losses": losses}
+
+
+def measure(setting: Setting, steps: int = 2) -> dict:
+    """A real training step of ``setting`` on this machine's CPU, in a fresh process (so its
+    maximum resident memory is its own): the :func:`measure_step` frame, the process's maximum
+    resident bytes, the mean seconds of ``steps`` further steps (the same batch each time) and
+    their losses."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, (setting, steps))
