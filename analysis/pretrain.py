@@ -17,6 +17,7 @@ rank 0 writes files. On CPU, a run is deterministic for its seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import time
@@ -35,17 +36,22 @@ from zoo.memory import state_bytes
 from .capture import GradientCapture, capture_path
 from .cli import ArgumentParser, Progress, int_list, make_folder, usage_errors
 from .data import load_images, load_text, sample_windows, TEXT_CORPORA
+from .memory.step import Tracker
 from .models import llama, mae
 
 __all__ = ["Config", "DEFAULT_LR", "METRICS", "prepare", "train", "compare", "load_metrics", "summarize",
            "steps_to_reach", "plot_val_loss", "plot_masked_fraction", "markdown", "main"]
 
 TASKS = ("llama", "mae")
+DTYPES = ("auto", "fp32", "bf16")
 METRICS = ("step", "train_loss", "val_loss", "lr", "samples", "units", "wall_s", "state_bytes",
-           "masked_fraction")
+           "masked_fraction", "peak_bytes")
 """Columns of a run's CSV. ``step`` 0 holds the initial validation loss; ``samples`` counts
 sequences or images, ``units`` tokens or images seen; ``masked_fraction`` is the fraction of
-coordinates the cautious mask zeroed at that step (empty for optimizers without caution)."""
+coordinates the cautious mask zeroed at that step (empty for optimizers without caution);
+``peak_bytes`` the peak memory of training so far: on CUDA ``max_memory_allocated``, on the CPU
+the tensor bytes torch's MemTracker saw over the first two steps (state allocated, then a
+steady step; :class:`analysis.memory.step.Tracker`), empty with several processes or ``--compile``."""
 
 DEFAULT_LR = {
     "llama": {"adamw": 1e-3, "lion": 1e-3, "apollo": 1e-2, "apollo-mini": 1e-2},
@@ -78,6 +84,8 @@ class Config:
     data_dir: str | None = None                # mae: an IDX folder (default Fashion-MNIST)
     device: str = "auto"
     compile: bool = False
+    dtype: str = "auto"                        # autocast: bf16 on CUDA and fp32 on the CPU, or fp32, bf16
+    layerwise: bool = False                    # update each parameter inside backward (zoo.layerwise)
     out: str = "runs/llama"
     resume: bool = False
     capture_grads: tuple[int, ...] = ()        # steps where gradient windows are recorded
@@ -102,6 +110,14 @@ class Config:
             raise ValueError("corpus (--corpus) is the llama task's text; the mae task reads data_dir")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device {self.device!r}; allowed: auto, cpu, cuda")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        if self.layerwise and self.grad_clip:
+            raise ValueError("layerwise (--layerwise) updates each parameter before the other gradients exist, so "
+                             "the global norm of grad_clip cannot be computed: pass --grad-clip 0 (no clipping)")
+        if self.layerwise and self.capture_grads:
+            raise ValueError("layerwise (--layerwise) frees each gradient inside backward, so capture_grads "
+                             "(--capture-grads) would see none")
         if not self.optimizers or not self.seeds:
             raise ValueError("need at least one optimizer and one seed")
         unknown = set(self.lr) - set(self.optimizers)
@@ -231,7 +247,7 @@ def _build_optimizer(cfg: Config, name: str, model: nn.Module):
         if "rank" not in rec.fixed:
             widths = [min(p.shape) for n, p in model.named_parameters() if default_low_rank_filter(n, p)]
             hparams["rank"] = cfg.rank or max(1, max(widths) // 4)
-    return zoo.create(model, name, **hparams)
+    return zoo.create(model, name, layerwise=cfg.layerwise, **hparams)
 
 
 def _slice(batch, rank: int, world: int):
@@ -259,7 +275,7 @@ def _replicas_agree(model: nn.Module) -> bool:
 
 def _signature(cfg: Config, name: str) -> dict:
     """The settings a checkpoint of optimizer ``name`` must share with the run that resumes it."""
-    ignored = {"optimizers", "seeds", "lr", "out", "resume", "progress", "compile", "device"}
+    ignored = {"optimizers", "seeds", "lr", "out", "resume", "progress", "compile", "device"}   # results unchanged
     return {k: v for k, v in asdict(cfg).items() if k not in ignored} | {"lr": cfg.peak_lr(name)}
 
 
@@ -296,6 +312,9 @@ def prepare(cfg: Config):
     that is not there, a checkpoint ``--resume`` cannot continue; the data set's loader raises
     :class:`analysis.data.DataNotFoundError` (an ``OSError``) when it is missing."""
     world = _world()[1]
+    if cfg.layerwise and world > 1:
+        raise ValueError("layerwise (--layerwise) would see each rank's local gradient, before DDP's all-reduce: "
+                         "run it in one process")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} data-parallel ranks")
     device = _device(cfg)
@@ -333,7 +352,12 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
     replica = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(replica) if cfg.compile else replica
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"))
+    track_peak = device.type == "cpu" and world == 1 and not cfg.compile   # else the CUDA counter, or nothing
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    peak = rows[-1].get("peak_bytes", math.nan) if rows else math.nan
     cautious = zoo.info(name).cautious
     if step == 0:
         rows.append(dict(step=0, val_loss=_evaluate(task, model, device, autocast), samples=0, units=0, wall_s=0.0,
@@ -346,15 +370,21 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         units = rows[-1]["units"] + task.units(batch)
         local = tuple(t.to(device) for t in _slice(batch, rank, world))
         lr = optimizer.param_groups[0]["lr"]
-        with autocast:
-            loss = task.loss(forward, local)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if capture is not None:
-            capture(step)
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        tracker = Tracker(model, optimizer, *local) if track_peak and step < 2 else contextlib.nullcontext()
+        with tracker:
+            with autocast:
+                loss = task.loss(forward, local)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if capture is not None:
+                capture(step)
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        if isinstance(tracker, Tracker):
+            peak = max(tracker.peak_bytes(), 0 if math.isnan(peak) else peak)
+        elif device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
         scheduler.step()
         step += 1
         loss = loss.detach().float()
@@ -363,7 +393,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
             loss = loss / world
         row = dict(step=step, train_loss=loss.item(), lr=lr, samples=samples, units=units,
                    wall_s=rows[-1]["wall_s"] + time.perf_counter() - tick, state_bytes=state_bytes(optimizer),
-                   masked_fraction=1.0 - optimizer.aligned_fraction() if cautious else math.nan)
+                   masked_fraction=1.0 - optimizer.aligned_fraction() if cautious else math.nan, peak_bytes=peak)
         evaluation = step % cfg.eval_interval == 0 or step == cfg.steps  # also where checkpoints go
         if evaluation:
             row["val_loss"] = _evaluate(task, model, device, autocast)
@@ -415,8 +445,8 @@ def summarize(metrics: pd.DataFrame, baseline: str = "adamw") -> pd.DataFrame:
     steps its mean validation curve needs to reach the baseline's final mean validation loss
     (:func:`steps_to_reach`) and the speed-up ``total steps / those steps`` (the papers'
     sample-efficiency ratio, e.g. ×1.47; empty when never reached); training throughput (units
-    per second, evaluation excluded), optimizer-state MB, and the mean masked fraction over the
-    last 10% of steps (cautious optimizers)."""
+    per second, evaluation excluded), optimizer-state MB, peak memory MB (``peak_bytes``, mean over
+    seeds) and the mean masked fraction over the last 10% of steps (cautious optimizers)."""
     evals = metrics.dropna(subset=["val_loss"])
     last = metrics["step"].max()
     final = evals[evals["step"] == last].groupby("optimizer")["val_loss"]
@@ -424,6 +454,7 @@ def summarize(metrics: pd.DataFrame, baseline: str = "adamw") -> pd.DataFrame:
     ends = metrics[metrics["step"] == last].groupby("optimizer")
     table["units/s"] = ends["units"].mean() / ends["wall_s"].mean()
     table["state MB"] = ends["state_bytes"].mean() / 1e6
+    table["peak MB"] = metrics.groupby(["optimizer", "seed"])["peak_bytes"].max().groupby("optimizer").mean() / 1e6
     table["masked fraction"] = metrics[metrics["step"] > 0.9 * last].groupby("optimizer")["masked_fraction"].mean()
     if baseline in table.index:
         target = table.loc[baseline, "final val loss"]
@@ -521,11 +552,14 @@ def _parser() -> ArgumentParser:
                    help="steps (comma-separated) where gradient windows are saved")
     p.add_argument("--resume", action="store_true", help="continue each run from its checkpoint")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--layerwise", action="store_true", help="update each parameter inside backward and free its "
+                   "gradient (zoo.layerwise); needs --grad-clip 0, one process")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="autocast: auto is bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress report (a bar on a terminal, a line per quarter of a run otherwise)")
     for f in fields(Config):
         if f.name in ("task", "model", "optimizers", "seeds", "lr", "out", "corpus", "data_dir", "capture_grads",
-                      "resume", "compile", "progress"):
+                      "resume", "compile", "progress", "layerwise", "dtype"):
             continue
         kind = {"warmup": int, "weight_decay": float, "rank": int, "batch_size": int}.get(f.name, type(f.default))
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,

@@ -37,6 +37,8 @@ BAD_INPUTS = {   # entry point -> (arguments, what the one line must say)
         (["llama", "--seeds", "0,x"], "--seeds: expected comma-separated integers, got 'x'"),
         (["llama", "--data-dir", "/tmp"], "data_dir (--data-dir) is the mae task's image folder"),
         (["llama", "--capture-grads", "500"], "capture_grads steps [500] are outside the run's steps"),
+        (["llama", "--layerwise"], "global norm of grad_clip cannot be computed: pass --grad-clip 0"),
+        (["llama", "--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
         (["llama", *TINY, "--steps", "1", "--out", "/proc/no/such"], "--out /proc/no/such: cannot make this folder"),
         *([] if torch.cuda.is_available() else
           [(["llama", *TINY, "--device", "cuda"], "device 'cuda' was asked for but torch.cuda.is_available()")]),
@@ -60,11 +62,22 @@ BAD_INPUTS = {   # entry point -> (arguments, what the one line must say)
         (["step", "--refresh-steps", "2"], "--refresh-steps 2 must exceed --refresh-gap 4"),
         (["step", "--csv", "/no/such/dir/x.csv"], "--csv /no/such/dir/x.csv: its folder does not exist"),
     ],
+    "analysis.memory": [
+        ([], "the following arguments are required: command"),
+        (["plan", "--out", "{tmp}", "--model", "3B"], "--model: '3B' given; allowed comma-separated values of 60M"),
+        (["plan", "--out", "{tmp}", "--optimizers", "adamw,nosuch"], "unknown optimizer 'nosuch'"),
+        (["plan", "--out", "{tmp}", "--optimizers", "adamw+fused"], "allowed a registry name, optionally +layerwise"),
+        (["plan", "--out", "{tmp}", "--gpu-memory", "0"], "--gpu-memory: expected a number in (0, inf], got 0"),
+        (["measure", "--out", "/proc/no/such"], "--out /proc/no/such: cannot make this folder"),
+    ],
     "analysis.notebooks": [
         (["99"], "no notebook '99'; there are 01_zoo_tour"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 }
+
+
+SUBCOMMANDS = {"analysis.bench": {"step"}, "analysis.memory": {"plan", "measure"}}
 
 
 def run(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -74,7 +87,8 @@ def run(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def assert_usage_error(module: str, args: list[str], expected: str, result: subprocess.CompletedProcess):
-    prog = "python -m " + module + (" step" if module == "analysis.bench" and args[:1] == ["step"] else "")
+    sub = args[0] if args and args[0] in SUBCOMMANDS.get(module, ()) else None
+    prog = f"python -m {module}" + (f" {sub}" if sub else "")
     where = f"python -m {module} {' '.join(args)}"
     assert "Traceback" not in result.stderr, f"{where}:\n{result.stderr}"
     assert result.returncode == 2, f"{where}: exit {result.returncode}\n{result.stderr}"

@@ -44,7 +44,7 @@ def test_parse_args_learning_rates_and_defaults():
 
 @pytest.mark.parametrize("overrides, match", [
     (dict(task="bert"), "allowed: llama, mae"),
-    (dict(model="13B"), "allowed: tiny"),
+    (dict(model="30B"), "allowed: tiny"),
     (dict(optimizers=("adamw", "sdg")), "sgd"),
     (dict(lr={"muon": 1e-4}), "not in --optimizers"),
     (dict(device="tpu"), "allowed: auto, cpu, cuda"),
@@ -143,6 +143,27 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, name):
         assert torch.equal(value, checkpoint(cut.out, name)["model"][key]), key
 
 
+def test_layerwise_runs_equal_ordinary_runs_in_less_memory(tmp_path):
+    """--layerwise (clipping off, as it must be) trains exactly as the ordinary loop; its peak is
+    lower (the gradients never all exist); the CPU peak is tracked from the first step on."""
+    ordinary, _ = compare(small(tmp_path / "a", optimizers=("c-adamw",), grad_clip=0.0))
+    layerwise, table = compare(small(tmp_path / "b", optimizers=("c-adamw",), grad_clip=0.0, layerwise=True))
+    pd.testing.assert_frame_equal(comparable(layerwise).drop(columns="peak_bytes"),
+                                  comparable(ordinary).drop(columns="peak_bytes"))
+    assert ordinary["peak_bytes"].iloc[1:].notna().all() and math.isnan(ordinary["peak_bytes"].iloc[0])
+    assert layerwise["peak_bytes"].max() < ordinary["peak_bytes"].max()
+    assert table.loc["c-adamw", "peak MB"] == layerwise["peak_bytes"].max() / 1e6
+
+
+def test_bf16_autocast_on_the_cpu(tmp_path):
+    fp32, _ = compare(small(tmp_path / "a"))
+    bf16, _ = compare(small(tmp_path / "b", dtype="bf16"))
+    assert bf16["train_loss"].iloc[1:].map(math.isfinite).all()
+    assert not bf16["train_loss"].iloc[1:].equals(fp32["train_loss"].iloc[1:])
+    with pytest.raises(ValueError, match="unknown dtype 'fp16'"):
+        small(tmp_path, dtype="fp16")
+
+
 def test_resume_refuses_changed_settings(tmp_path):
     compare(small(tmp_path))
     with pytest.raises(ValueError, match="differ from the checkpoint.*'steps': \\(6, 9\\)"):
@@ -205,7 +226,8 @@ def fake_metrics() -> pd.DataFrame:
                 val = curve[step // 10] + shift if step % 10 == 0 else math.nan
                 rows.append(dict(step=step, train_loss=1.0, val_loss=val, lr=1e-3, samples=step, units=10 * step,
                                  wall_s=step / 2, state_bytes=2e6 if name == "adamw" else 1e6,
-                                 masked_fraction=math.nan, optimizer=name, seed=seed))
+                                 masked_fraction=math.nan, peak_bytes=(3e6 if name == "adamw" else 2e6) + seed * 1e6,
+                                 optimizer=name, seed=seed))
     return pd.DataFrame(rows)
 
 
@@ -215,6 +237,7 @@ def test_summary_against_hand_computed_values():
     assert table.loc["adamw", "final val loss"] == pytest.approx(2.0)
     assert table.loc["adamw", "std"] == pytest.approx(math.sqrt(0.02))
     assert table.loc["adamw", "units/s"] == pytest.approx(20.0) and table.loc["lion", "state MB"] == 1.0
+    assert table.loc["adamw", "peak MB"] == 3.5 and table.loc["lion", "peak MB"] == 2.5   # mean over seeds
     # lion's mean curve 4.0, 2.5, 1.5 reaches adamw's final 2.0 halfway from step 10 to 20
     assert table.loc["lion", "steps to adamw"] == pytest.approx(15.0)
     assert table.loc["lion", "speed-up"] == pytest.approx(20 / 15)

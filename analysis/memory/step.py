@@ -12,7 +12,7 @@ a 13B model on a laptop (:mod:`analysis.memory.plan`).
 MemTracker is a private API; what this module relies on is pinned by tests: its categories,
 fake equal to real, the parameter, gradient and optimizer-state figures equal to the formulas,
 per-layer updates leaving (almost) no gradient. It keeps only the snapshot at the peak of the
-total; :class:`_Tracker` adds each category's own maximum and drops the per-module peaks, which
+total; :class:`Tracker` adds each category's own maximum and drops the per-module peaks, which
 cost a pass over every module at every operation (a 7B step took 15-25 s instead of a few).
 
 The figures are bytes of tensor storages: not the allocator's caching or fragmentation, not the
@@ -31,20 +31,37 @@ import torch
 from torch import nn
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 
-__all__ = ["CATEGORIES", "measure_step", "train_step", "max_resident_bytes", "default_dtype"]
+__all__ = ["CATEGORIES", "Tracker", "measure_step", "train_step", "max_resident_bytes", "default_dtype"]
 
 CATEGORIES = {"Parameter": "parameters", "Gradient": "gradients", "Optstate": "optimizer state",
               "Activation": "activations", "Temp": "temporaries", "Buffer": "buffers", "Other": "other"}
 """MemTracker's reference types -> the names of this project's tables, in their order."""
 
 
-class _Tracker(MemTracker):
+class Tracker(MemTracker):
     """MemTracker recording the peak of the total and each category's maximum, and nothing per
-    module."""
+    module; ``external`` (modules, optimizers, tensors made before it) are tracked from the start."""
 
-    def __init__(self):
+    def __init__(self, *external):
         super().__init__()
         self.maxima: dict[str, int] = {}
+        if external:
+            self.track_external(*external)
+
+    def peak_bytes(self) -> int:
+        """The largest total seen so far (summed over devices)."""
+        return sum(self._peak_mem.values())
+
+    def __enter__(self) -> "Tracker":
+        # per-layer updates free a gradient before MemTracker's own hook looks at it, which warns
+        self._quiet = warnings.catch_warnings()
+        self._quiet.__enter__()
+        warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        self._quiet.__exit__(*exc)
 
     def _update_peak_stats(self, peak_state) -> None:   # after every operation
         for key, value in _by_category(self._curr_mem_snap).items():
@@ -99,13 +116,9 @@ def measure_step(model: nn.Module, optimizer, batch, loss_fn: Callable = _model_
         raise ValueError(f"Invalid warmup: {warmup!r}; allowed an int >= 0")
     for _ in range(warmup):
         train_step(model, optimizer, batch, loss_fn)
-    tracker = _Tracker()
-    tracker.track_external(model, optimizer, *[t for t in batch if isinstance(t, torch.Tensor)])
-    with warnings.catch_warnings():
-        # per-layer updates free a gradient before MemTracker's own hook looks at it
-        warnings.filterwarnings("ignore", message="Expected a tensor or a traceable wrapper-subclass")
-        with tracker:
-            train_step(model, optimizer, batch, loss_fn)
+    tracker = Tracker(model, optimizer, *[t for t in batch if isinstance(t, torch.Tensor)])
+    with tracker:
+        train_step(model, optimizer, batch, loss_fn)
     frame = pd.DataFrame({"at_peak": _by_category(tracker.get_tracker_snapshot("peak")),
                           "max": {**dict.fromkeys(CATEGORIES.values(), 0), **tracker.maxima},
                           "after": _by_category(tracker.get_tracker_snapshot("current"))})
