@@ -1,5 +1,10 @@
 """Benchmarks of the zoo's optimizers on this machine: ``python -m analysis.bench <command>``.
 
+``train``: the time of a whole training step of a byte-level LLaMA, per optimizer, in the ordinary
+loop against per-layer updates (``zoo.layerwise``) and bf16 autocast (see :func:`train_table`)::
+
+    python -m analysis.bench train --model 60M --optimizers adamw,apollo-mini
+
 ``step``: the time of one ``optimizer.step()``, against ``torch.optim.AdamW`` and the memory roofline,
 and for the low-rank optimizers the cost of the steps that refresh their projection::
 
@@ -33,16 +38,19 @@ score low on it by nature.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import random
 import statistics
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import torch
+
 import zoo
 
-from .cli import ArgumentParser, integer, shape, track, usage_errors
+from .cli import ArgumentParser, choice_list, integer, shape, track, usage_errors
+from .models import llama
 
 BASELINES = {"torch-adamw-forloop": {"foreach": False}, "torch-adamw-foreach": {"foreach": True},
              "torch-adamw-fused": {"fused": True}}   # name -> torch.optim.AdamW options
@@ -197,6 +205,64 @@ def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFra
     return table
 
 
+TRAIN_VARIANTS = {"fp32": (False, False), "bf16": (False, True), "layerwise": (True, False),
+                  "layerwise-bf16": (True, True)}
+"""Training-step variants: name -> (per-layer updates, bf16 autocast)."""
+
+
+def train_table(size: str, names: list[str], variants: list[str], batch_size: int, seq_len: int, rounds: int,
+                steps: int, warmup: int, seed: int = 0) -> pd.DataFrame:
+    """Seconds of one training step (forward, backward, optimizer; ``zero_grad``) of the LLaMA
+    ``size`` with byte tokens, for every optimizer and variant (:data:`TRAIN_VARIANTS`): each pair
+    has its own model from the same initial weights and steps on the same batch; the pairs are
+    timed in ``rounds`` rounds of ``steps`` steps, in a fresh random order each round (after
+    ``warmup`` untimed steps each), and the median is reported with its ratio to the same
+    optimizer's first variant. Low-rank optimizers get a quarter of the width as rank."""
+    config = replace(llama.CONFIGS[size], max_seq_len=max(seq_len, llama.CONFIGS[size].max_seq_len))
+    tokens = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(seed))
+    steps_of = {}
+    for name in names:
+        for variant in variants:
+            per_layer, bf16 = TRAIN_VARIANTS[variant]
+            torch.manual_seed(seed)
+            model = llama.Llama(config)
+            rank = {"rank": config.dim // 4} if zoo.info(name).low_rank and "rank" not in zoo.info(name).fixed else {}
+            opt = zoo.create(model, name, layerwise=per_layer, **rank)
+
+            def train_step(model=model, opt=opt, bf16=bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(tokens, tokens)[1]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            steps_of[(name, variant)] = train_step
+    times: dict = {key: [] for key in steps_of}
+    order, shuffle = list(steps_of), random.Random(seed).shuffle
+    for _ in track(range(rounds), "rounds"):
+        shuffle(order)
+        for key in order:
+            times[key].append(seconds_per_call(steps_of[key], warmup, steps))
+    rows = [{"optimizer": name, "variant": variant, "ms/step": 1e3 * statistics.median(times[(name, variant)])}
+            for name in names for variant in variants]
+    table = pd.DataFrame(rows)
+    first = table.groupby("optimizer")["ms/step"].transform("first")
+    return table.assign(**{f"x {variants[0]}": table["ms/step"] / first})
+
+
+def train_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFrame:
+    with usage_errors(parser):
+        names = [zoo.info(n).name for n in args.optimizers.split(",") if n.strip()]
+        if not names:
+            raise ValueError("--optimizers names no optimizer; give comma-separated registry names")
+    table = train_table(args.model, names, list(args.variants), args.batch_size, args.seq_len, args.rounds,
+                        args.steps, args.warmup)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LLaMA {args.model} (byte tokens), batch "
+          f"{args.batch_size} x {args.seq_len}, fp32 weights, {args.rounds} rounds x {args.steps} steps "
+          f"(+{args.warmup} warm-up), medians\n")
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    return table
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = ArgumentParser(prog="python -m analysis.bench", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,6 +281,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                       help="steps of the low-rank refresh measurement (0: skip it)")
     step.add_argument("--csv", help="also save the table to this CSV file")
     step.set_defaults(run=step_command)
+    train = commands.add_parser("train", help="time training steps: ordinary, per-layer updates, bf16 autocast")
+    train.add_argument("--model", choices=("tiny", "60M", "130M"), default="60M", help="LLaMA size (byte tokens)")
+    train.add_argument("--optimizers", default="adamw,apollo-mini", help="comma-separated zoo names")
+    train.add_argument("--variants", type=choice_list(tuple(TRAIN_VARIANTS)), default=("fp32", "layerwise", "bf16"),
+                       help=f"comma-separated, the first is the reference: {', '.join(TRAIN_VARIANTS)}")
+    train.add_argument("--batch-size", type=integer(1), default=8)
+    train.add_argument("--seq-len", type=integer(1), default=256)
+    train.add_argument("--rounds", type=integer(1), default=5, help="interleaved rounds; the median is reported")
+    train.add_argument("--steps", type=integer(1), default=2, help="timed steps per variant per round")
+    train.add_argument("--warmup", type=integer(0), default=1, help="untimed steps before each timing")
+    train.set_defaults(run=train_command)
     args = parser.parse_args(argv)
     return args.run(args, commands.choices[args.command])
 

@@ -17,3 +17,12 @@ def test_refresh_measurement_tiny(capsys):
                 "--only", "galore", "--copy-mb", "4", "--refresh-gap", "2", "--refresh-steps", "4"])
     out = capsys.readouterr().out
     assert "projection refresh" in out and "galore" in out.split("projection refresh")[1]
+
+
+def test_training_step_benchmark_tiny(capsys):
+    table = bench.main(["train", "--model", "tiny", "--optimizers", "adamw,apollo-mini", "--variants",
+                        "fp32,layerwise,layerwise-bf16", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                        "--batch-size", "1", "--seq-len", "8"])
+    assert list(table["variant"]) == ["fp32", "layerwise", "layerwise-bf16"] * 2
+    assert (table["ms/step"] > 0).all() and (table.loc[table["variant"] == "fp32", "x fp32"] == 1).all()
+    assert "LLaMA tiny" in capsys.readouterr().out

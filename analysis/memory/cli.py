@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..cli import ArgumentParser, choice_list, float_range, integer, make_folder, usage_errors
-from .plan import DTYPES, GB, Setting, llama_step, measure, plan, row
+from .plan import DTYPES, Setting, measured_row, plan
 
 __all__ = ["main"]
 
@@ -85,16 +85,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     else:
         rows = []
         for setting in settings:
-            result = measure(setting, args.steps)
-            measured, planned = result["frame"], llama_step(setting)
-            rows.append({**row(setting, measured), "planned_peak_gb": planned.loc["total", "at_peak"] / GB,
-                         "max_resident_gb": result["max_resident_bytes"] / GB,
-                         "seconds_per_step": result["seconds_per_step"],
-                         "losses": " ".join(f"{loss:.4f}" for loss in result["losses"])})
+            rows.append(measured_row(setting, args.steps))
             print(f"measured {setting.model} {setting.optimizer}{' layerwise' if setting.layerwise else ''}: "
-                  f"peak {rows[-1]['peak_gb']:.2f} GB (planned {rows[-1]['planned_peak_gb']:.2f}), "
-                  f"resident {rows[-1]['max_resident_gb']:.2f} GB, {result['seconds_per_step']:.1f} s/step",
-                  flush=True)
+                  f"peak {rows[-1]['peak_gb']:.2f} GB (planned {rows[-1]['planned_peak_gb']:.2f}), resident "
+                  f"{rows[-1]['max_resident_gb']:.2f} GB, {rows[-1]['seconds_per_step']:.1f} s/step", flush=True)
         frame = pd.DataFrame(rows)
         path = args.out / "measure.csv"
     frame.to_csv(path, index=False)

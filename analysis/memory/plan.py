@@ -3,7 +3,7 @@ allocated, so 7B and 13B plan on a laptop) or measured for real, with
 :func:`analysis.memory.step.measure_step`.
 
 The model is :class:`analysis.models.llama.Llama` at one of the papers' sizes (PAPERS.md §C, plus
-13B) with the T5 vocabulary of 32000 tokens, its weights (and so its gradients and optimizer
+13B; or "tiny", for quick checks) with the T5 vocabulary of 32000 tokens, its weights (and so its gradients and optimizer
 states) in ``dtype``; the optimizer comes from ``zoo.create`` (low-rank optimizers at the size's
 rank, :data:`zoo.memory.LOW_RANK_RANKS`, unless ``rank`` is given); ``layerwise`` updates inside
 backward (:mod:`zoo.layerwise`), ``checkpointing`` recomputes each block's activations.
@@ -31,7 +31,8 @@ from ..models.llama import CONFIGS, Llama
 from .state import GB, GIB
 from .step import default_dtype, measure_step
 
-__all__ = ["GB", "GIB", "DTYPES", "Setting", "build", "llama_step", "row", "max_batch", "plan", "measure", "PLAN_COLUMNS"]
+__all__ = ["GB", "GIB", "DTYPES", "Setting", "build", "llama_step", "row", "max_batch", "plan", "measure",
+           "measured_row", "plot_plan", "PLAN_COLUMNS"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 VOCAB = 32000
@@ -55,9 +56,8 @@ class Setting:
     rank: int | None = None
 
     def __post_init__(self):
-        if self.model not in CONFIGS or self.model == "tiny":
-            sizes = [c for c in CONFIGS if c != "tiny"]
-            raise ValueError(f"unknown model {self.model!r}; allowed: {', '.join(sizes)}")
+        if self.model not in CONFIGS:
+            raise ValueError(f"unknown model {self.model!r}; allowed: {', '.join(CONFIGS)}")
         zoo.info(self.optimizer)   # an unknown name raises, listing the known ones
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -172,3 +172,43 @@ def measure(setting: Setting, steps: int = 2) -> dict:
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, (setting, steps))
+
+
+def measured_row(setting: Setting, steps: int = 2) -> dict:
+    """:func:`measure` of ``setting`` as a :data:`PLAN_COLUMNS` row, with the planner's peak for
+    the same step (``planned_peak_gb``), the process's maximum resident memory, the seconds per
+    step and the losses of the timed steps."""
+    result = measure(setting, steps)
+    return {**row(setting, result["frame"]), "planned_peak_gb": llama_step(setting)["at_peak"]["total"] / GB,
+            "max_resident_gb": result["max_resident_bytes"] / GB, "seconds_per_step": result["seconds_per_step"],
+            "losses": " ".join(f"{loss:.4f}" for loss in result["losses"])}
+
+
+def plot_plan(frame: pd.DataFrame, *, gpu_memory_gib: float | None = None, ax=None):
+    """A seaborn stacked bar per row of a :func:`plan` (or measure) frame: the peak in GB split
+    into parameters, gradients, optimizer, activations and temporaries, one group of bars per
+    model; a dashed line at ``gpu_memory_gib`` (in GB). Returns the axes."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    parts = {"parameters_gb": "parameters", "gradients_gb": "gradients", "optimizer_gb": "optimizer",
+             "activations_gb": "activations", "temporaries_gb": "temporaries"}
+    labels = [f"{r.model} {r.optimizer}{' +layerwise' if r.layerwise else ''}" for r in frame.itertuples()]
+    long = frame.assign(setting=labels).melt(id_vars="setting", value_vars=list(parts), var_name="category",
+                                             value_name="GB")
+    long["category"] = long["category"].map(parts)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 + 0.75 * len(frame), 4.5))
+    sns.histplot(data=long, x="setting", weights="GB", hue="category", hue_order=list(parts.values()),
+                 multiple="stack", discrete=True, shrink=0.8, ax=ax)
+    legend = ax.get_legend()
+    handles, names = list(legend.legend_handles), [text.get_text() for text in legend.get_texts()]
+    if gpu_memory_gib is not None:
+        handles.append(ax.axhline(gpu_memory_gib * GIB / GB, color="black", linestyle="--", linewidth=1))
+        names.append(f"a {gpu_memory_gib:g} GiB card")
+    ax.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set(xlabel="", ylabel="peak of a training step, GB (10⁹ bytes)")
+    ax.tick_params(axis="x", rotation=60)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right")
+    return ax
