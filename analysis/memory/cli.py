@@ -45,6 +45,8 @@ def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
         sub.add_argument("--checkpointing", action="store_true", help="recompute activations in backward")
         sub.add_argument("--rank", type=integer(1), default=None, help="low-rank optimizers' rank "
                          "(default: zoo.memory.LOW_RANK_RANKS of the size)")
+        sub.add_argument("--lr", type=float_range(0, open_low=True), default=None,
+                         help="learning rate (default: each optimizer's; the memory does not depend on it)")
         sub.add_argument("--out", type=Path, required=True, help="output folder")
         if name == "plan":
             sub.add_argument("--gpu-memory", type=float_range(0, open_low=True), default=None,
@@ -62,7 +64,7 @@ def _settings(args) -> list[Setting]:
             if suffix not in ("", "layerwise"):
                 raise ValueError(f"--optimizers entry {entry!r}: allowed a registry name, optionally +layerwise")
             settings.append(Setting(model, name, args.dtype, args.batch_size, args.seq_len,
-                                    args.layerwise or suffix == "layerwise", args.checkpointing, args.rank))
+                                    args.layerwise or suffix == "layerwise", args.checkpointing, args.rank, args.lr))
     if not settings:
         raise ValueError("--optimizers names no optimizer")
     return settings
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         settings = _settings(args)
         make_folder(args.out)
     if args.command == "plan":
-        frame = plan(settings, gpu_memory_gib=args.gpu_memory)
+        frame = plan(settings, gpu_memory_gib=args.gpu_memory, progress=True)
         path = args.out / "plan.csv"
     else:
         rows = []

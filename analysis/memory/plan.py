@@ -27,6 +27,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import zoo
 from zoo.memory import LOW_RANK_RANKS
 
+from ..cli import track
 from ..models.llama import CONFIGS, Llama
 from .state import GB, GIB
 from .step import default_dtype, measure_step
@@ -54,6 +55,7 @@ class Setting:
     layerwise: bool = False
     checkpointing: bool = False
     rank: int | None = None
+    lr: float | None = None            # None: the optimizer's default (memory does not depend on it)
 
     def __post_init__(self):
         if self.model not in CONFIGS:
@@ -66,12 +68,15 @@ class Setting:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
     def optimizer_options(self) -> dict:
         record = zoo.info(self.optimizer)
-        if not record.low_rank or "rank" in record.fixed:
-            return {}
-        return {"rank": self.rank or LOW_RANK_RANKS[self.model]}
+        options = {} if self.lr is None else {"lr": self.lr}
+        if record.low_rank and "rank" not in record.fixed:
+            options["rank"] = self.rank or LOW_RANK_RANKS.get(self.model, CONFIGS[self.model].dim // 4)
+        return options
 
 
 def build(setting: Setting):
@@ -135,11 +140,12 @@ def max_batch(setting: Setting, memory_bytes: float, *, limit: int = 4096) -> in
     return low
 
 
-def plan(settings, *, gpu_memory_gib: float | None = None) -> pd.DataFrame:
+def plan(settings, *, gpu_memory_gib: float | None = None, progress: bool = False) -> pd.DataFrame:
     """One planned row (:data:`PLAN_COLUMNS`) per :class:`Setting`; with ``gpu_memory_gib``, the
-    card's memory (``gpu_memory_gib``) and ``max_batch``, the largest batch that fits it."""
+    card's memory (``gpu_memory_gib``) and ``max_batch``, the largest batch that fits it.
+    ``progress``: report each setting (:func:`analysis.cli.track`)."""
     rows = []
-    for setting in settings:
+    for setting in track(settings, "plan", enabled=progress):
         out = row(setting, llama_step(setting))
         if gpu_memory_gib is not None:
             out["gpu_memory_gib"] = gpu_memory_gib
