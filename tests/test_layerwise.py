@@ -150,3 +150,24 @@ def test_what_is_refused(monkeypatch):
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
     with pytest.raises(ValueError, match="each rank's local gradient"):
         zoo.create(Net(), "adamw", layerwise=True)
+
+
+@pytest.mark.parametrize("name", ["adamw", "c-lion", "apollo-mini", "muon"])
+def test_a_layer_frozen_at_create_and_unfrozen_later(name):
+    """The frozen parameter gets no hook (it cannot); once unfrozen, the loop's step() updates it
+    from its first gradient and hooks it: the same trajectory as the ordinary loop."""
+    torch.manual_seed(0)
+    model_a = Net().double()
+    model_b = copy.deepcopy(model_a)
+    for model in (model_a, model_b):
+        model.mlp.requires_grad_(False)
+    ordinary = zoo.create(model_a, name, **hparams(name))
+    layerwise = zoo.create(model_b, name, layerwise=True, **hparams(name))
+    train(ordinary, model_a, 2, 1)
+    train(layerwise, model_b, 2, 1)
+    for model in (model_a, model_b):
+        model.mlp.requires_grad_(True)
+    train(ordinary, model_a, 3, 1, first=2)
+    train(layerwise, model_b, 3, 1, first=2)
+    assert_same(model_a, model_b, ordinary, layerwise)
+    assert model_b.mlp.weight.grad is None and model_b.mlp.weight in layerwise.state

@@ -30,7 +30,9 @@ feature get wrong, and what this one does:
 
 ``optimizer.aligned_fraction()`` covers the parameters updated in the latest step; the optimizer
 state dict is the ordinary one (resume is bit for bit); ``optimizer.per_layer.remove()`` takes the
-hooks away and leaves an ordinary optimizer.
+hooks away and leaves an ordinary optimizer. A frozen parameter cannot carry a hook; once it is
+unfrozen, the next ``optimizer.step()`` updates it from its gradient, as the ordinary loop does,
+and hooks it for the following steps.
 """
 from __future__ import annotations
 
@@ -62,17 +64,30 @@ class PerLayer:
         self._passes: dict = {}      # parameter -> backward passes since its last update
         self._updated: set = set()   # parameters updated in the current optimizer step
         self._group: dict = {}       # parameter -> index of its group (group dicts change on load)
-        self._handles: list = []
+        self._handles: dict = {}     # parameter -> its hook (frozen parameters have none yet)
         optimizer.per_layer = self
         for index in range(len(optimizer.param_groups)):
             self.hook(index)
 
     def hook(self, index: int) -> None:
-        """Hook the parameters of param group ``index`` (also called by ``add_param_group``)."""
+        """Hook the parameters of param group ``index`` (also called by ``add_param_group``);
+        a frozen parameter (no gradient wanted) cannot have the hook until it is unfrozen."""
         for param in self.optimizer.param_groups[index]["params"]:
-            if param not in self._group:
-                self._group[param] = index
-                self._handles.append(param.register_post_accumulate_grad_hook(self._update))
+            self._group.setdefault(param, index)
+            if param.requires_grad and param not in self._handles:
+                self._handles[param] = param.register_post_accumulate_grad_hook(self._update)
+
+    @torch.no_grad()
+    def catch_up(self) -> None:
+        """Called by ``optimizer.step()``: a parameter unfrozen since the hooks were made is
+        updated here from the gradient it got, as the ordinary step would, and hooked for the
+        next backward passes."""
+        for param, index in self._group.items():
+            if param.requires_grad and param not in self._handles:
+                if param.grad is not None:
+                    self.optimizer._step_group(self.optimizer.param_groups[index], [param])
+                    param.grad = None
+                self._handles[param] = param.register_post_accumulate_grad_hook(self._update)
 
     @torch.no_grad()
     def _update(self, param: torch.Tensor) -> None:
@@ -90,7 +105,7 @@ class PerLayer:
 
     def remove(self) -> None:
         """Take the hooks away: the optimizer steps in ``step()`` again."""
-        for handle in self._handles:
+        for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
         self.optimizer.per_layer = None

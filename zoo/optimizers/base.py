@@ -252,6 +252,7 @@ class ZooOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if self.per_layer is not None:
+            self.per_layer.catch_up()   # parameters unfrozen since the hooks were made
             return loss
         self._aligned_counts = []
         for group in self.param_groups:
