@@ -20,11 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..cli import ArgumentParser, choice_list, float_range, integer, make_folder, usage_errors
+from ..models.llama import CONFIGS
 from .plan import DTYPES, Setting, measured_row, plan
 
 __all__ = ["main"]
 
-MODELS = ("60M", "130M", "350M", "1B", "7B", "13B")
+PAPER_SIZES = tuple(size for size in CONFIGS if size != "tiny")   # the papers' LLaMA sizes, and 13B
 
 
 def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
@@ -34,7 +35,7 @@ def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     for name, text in (("plan", "plan steps under FakeTensorMode (no memory used)"),
                        ("measure", "measure real steps on this machine's CPU")):
         sub = subs[name] = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("--model", type=choice_list(MODELS), default=("7B",), help="comma-separated LLaMA sizes")
+        sub.add_argument("--model", type=choice_list(PAPER_SIZES), default=("7B",), help="comma-separated LLaMA sizes")
         sub.add_argument("--optimizers", default="adamw,galore,apollo,apollo-mini",
                          help="comma-separated registry names, each optionally +layerwise")
         sub.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",

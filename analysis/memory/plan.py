@@ -17,6 +17,8 @@ card's memory as sold: "80 GB" is 80 GiB (85.9·10⁹ bytes).
 from __future__ import annotations
 
 import math
+import multiprocessing
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -30,7 +32,7 @@ from zoo.memory import LOW_RANK_RANKS
 from ..cli import track
 from ..models.llama import CONFIGS, Llama
 from .state import GB, GIB
-from .step import default_dtype, measure_step
+from .step import default_dtype, max_resident_bytes, measure_step, train_step
 
 __all__ = ["GB", "GIB", "DTYPES", "Setting", "build", "llama_step", "row", "max_batch", "plan", "measure",
            "measured_row", "plot_plan", "PLAN_COLUMNS"]
@@ -112,12 +114,13 @@ def row(setting: Setting, frame: pd.DataFrame) -> dict:
                                            for category, column in GB_COLUMNS.items()}}
 
 
-def max_batch(setting: Setting, memory_bytes: float, *, limit: int = 4096) -> int:
+def max_batch(setting: Setting, memory_bytes: float, *, limit: int = 4096, peaks: dict | None = None) -> int:
     """The largest batch size (at most ``limit``) whose planned peak fits in ``memory_bytes``; 0
     if not even one sequence does. Peaks grow about linearly with the batch once activations
     dominate, so the line through batch 1 and 8 gives a guess, which is planned with its
-    neighbour; a bisection between the sizes that fit and those that do not settles the rest."""
-    peaks: dict[int, int] = {}
+    neighbour; a bisection between the sizes that fit and those that do not settles the rest.
+    ``peaks`` (batch size -> planned peak bytes) holds peaks already planned; it is filled in."""
+    peaks = {} if peaks is None else peaks
 
     def fits(batch: int) -> bool:
         if batch not in peaks:
@@ -146,19 +149,18 @@ def plan(settings, *, gpu_memory_gib: float | None = None, progress: bool = Fals
     ``progress``: report each setting (:func:`analysis.cli.track`)."""
     rows = []
     for setting in track(settings, "plan", enabled=progress):
-        out = row(setting, llama_step(setting))
+        frame = llama_step(setting)
+        out = row(setting, frame)
         if gpu_memory_gib is not None:
             out["gpu_memory_gib"] = gpu_memory_gib
-            out["max_batch"] = max_batch(setting, gpu_memory_gib * GIB)
+            out["max_batch"] = max_batch(setting, gpu_memory_gib * GIB,
+                                         peaks={setting.batch_size: int(frame.loc["total", "at_peak"])})
         rows.append(out)
     return pd.DataFrame(rows)
 
 
 def _measure(setting: Setting, steps: int) -> dict:
     """In a fresh process (:func:`measure`): the tracked step, then ``steps`` timed steps."""
-    import time
-
-    from .step import max_resident_bytes, train_step
     model, optimizer, batch = build(setting)
     frame = measure_step(model, optimizer, batch)
     losses, start = [], time.perf_counter()
@@ -174,8 +176,6 @@ def measure(setting: Setting, steps: int = 2) -> dict:
     maximum resident memory is its own): the :func:`measure_step` frame, the process's maximum
     resident bytes, the mean seconds of ``steps`` further steps (the same batch each time) and
     their losses."""
-    import multiprocessing
-
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, (setting, steps))
 
