@@ -44,6 +44,7 @@ __all__ = ["Config", "DEFAULT_LR", "METRICS", "prepare", "train", "compare", "lo
 
 TASKS = ("llama", "mae")
 DTYPES = ("auto", "fp32", "bf16")
+WEIGHTS = ("float", "int8")
 METRICS = ("step", "train_loss", "val_loss", "lr", "samples", "units", "wall_s", "state_bytes",
            "masked_fraction", "peak_bytes")
 """Columns of a run's CSV. ``step`` 0 holds the initial validation loss; ``samples`` counts
@@ -86,6 +87,7 @@ class Config:
     compile: bool = False
     dtype: str = "auto"                        # autocast: bf16 on CUDA and fp32 on the CPU, or fp32, bf16
     layerwise: bool = False                    # update each parameter inside backward (zoo.layerwise)
+    weights: str = "float"                     # or "int8": attention and MLP weights quantized (zoo.quantized)
     out: str = "runs/llama"
     resume: bool = False
     capture_grads: tuple[int, ...] = ()        # steps where gradient windows are recorded
@@ -115,6 +117,11 @@ class Config:
         if self.layerwise and self.grad_clip:
             raise ValueError("layerwise (--layerwise) updates each parameter before the other gradients exist, so "
                              "the global norm of grad_clip cannot be computed: pass --grad-clip 0 (no clipping)")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"unknown weights {self.weights!r}; allowed: {', '.join(WEIGHTS)}")
+        if self.weights == "int8" and self.compile:
+            raise ValueError("weights int8 (--weights int8) with compile (--compile): the quantized weights' "
+                             "dequantizing linear is not traced by torch.compile; drop one of them")
         if self.layerwise and self.capture_grads:
             raise ValueError("layerwise (--layerwise) frees each gradient inside backward, so capture_grads "
                              "(--capture-grads) would see none")
@@ -315,6 +322,9 @@ def prepare(cfg: Config):
     if cfg.layerwise and world > 1:
         raise ValueError("layerwise (--layerwise) would see each rank's local gradient, before DDP's all-reduce: "
                          "run it in one process")
+    if cfg.weights == "int8" and world > 1:
+        raise ValueError("weights int8 (--weights int8) is for one process: DDP does not reduce the gradients of "
+                         "quantized weights")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} data-parallel ranks")
     device = _device(cfg)
@@ -336,6 +346,8 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     device = _device(cfg)
     torch.manual_seed(seed)  # the same initial weights for every optimizer at this seed
     model = task.build_model().to(device)
+    if cfg.weights == "int8":
+        zoo.quantize_weights(model)   # attention and MLP weights, groups of 128, stochastic rounding
     optimizer = _build_optimizer(cfg, name, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     data = torch.Generator().manual_seed(seed)
@@ -555,11 +567,13 @@ def _parser() -> ArgumentParser:
     p.add_argument("--layerwise", action="store_true", help="update each parameter inside backward and free its "
                    "gradient (zoo.layerwise); needs --grad-clip 0, one process")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="autocast: auto is bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--weights", choices=WEIGHTS, default="float", help="int8: attention and MLP weights stored as "
+                   "INT8 with stochastic rounding (zoo.quantize_weights); one process, no --compile")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress report (a bar on a terminal, a line per quarter of a run otherwise)")
     for f in fields(Config):
         if f.name in ("task", "model", "optimizers", "seeds", "lr", "out", "corpus", "data_dir", "capture_grads",
-                      "resume", "compile", "progress", "layerwise", "dtype"):
+                      "resume", "compile", "progress", "layerwise", "dtype", "weights"):
             continue
         kind = {"warmup": int, "weight_decay": float, "rank": int, "batch_size": int}.get(f.name, type(f.default))
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,

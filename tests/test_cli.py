@@ -39,6 +39,7 @@ BAD_INPUTS = {   # entry point -> (arguments, what the one line must say)
         (["llama", "--capture-grads", "500"], "capture_grads steps [500] are outside the run's steps"),
         (["llama", "--layerwise"], "global norm of grad_clip cannot be computed: pass --grad-clip 0"),
         (["llama", "--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
+        (["llama", "--weights", "int8", "--compile"], "weights int8 (--weights int8) with compile (--compile)"),
         (["llama", *TINY, "--steps", "1", "--out", "/proc/no/such"], "--out /proc/no/such: cannot make this folder"),
         *([] if torch.cuda.is_available() else
           [(["llama", *TINY, "--device", "cuda"], "device 'cuda' was asked for but torch.cuda.is_available()")]),
@@ -69,6 +70,8 @@ BAD_INPUTS = {   # entry point -> (arguments, what the one line must say)
         (["plan", "--out", "{tmp}", "--optimizers", "adamw+fused"], "allowed a registry name, optionally +layerwise"),
         (["plan", "--out", "{tmp}", "--gpu-memory", "0"], "--gpu-memory: expected a number in (0, inf], got 0"),
         (["measure", "--out", "/proc/no/such"], "--out /proc/no/such: cannot make this folder"),
+        (["plan", "--out", "{tmp}", "--weights", "int4"], "argument --weights: invalid choice: 'int4'"),
+        (["demo", "--out", "{tmp}", "--optimizer", "nosuch"], "unknown optimizer 'nosuch'"),
     ],
     "analysis.notebooks": [
         (["99"], "no notebook '99'; there are 01_zoo_tour"),
@@ -77,7 +80,7 @@ BAD_INPUTS = {   # entry point -> (arguments, what the one line must say)
 }
 
 
-SUBCOMMANDS = {"analysis.bench": {"step"}, "analysis.memory": {"plan", "measure"}}
+SUBCOMMANDS = {"analysis.bench": {"step"}, "analysis.memory": {"plan", "measure", "demo"}}
 
 
 def run(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

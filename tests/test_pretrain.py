@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import zoo
 from analysis import pretrain
 from analysis.pretrain import Config, METRICS, compare, load_metrics, parse_args, steps_to_reach, summarize
 from conftest import write_idx_set
@@ -117,9 +118,9 @@ def test_runs_are_deterministic_for_a_seed(tmp_path):
     assert not a["train_loss"].dropna().equals(c["train_loss"].dropna())
 
 
-@pytest.mark.parametrize("name", ["c-adamw", "apollo"])
-def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, name):
-    cfg = small(tmp_path / "full", optimizers=(name,), steps=8, eval_interval=2, update_proj_gap=3)
+@pytest.mark.parametrize("name, weights", [("c-adamw", "float"), ("apollo", "float"), ("apollo-mini", "int8")])
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, name, weights):
+    cfg = small(tmp_path / "full", optimizers=(name,), steps=8, eval_interval=2, update_proj_gap=3, weights=weights)
     full, _ = compare(cfg)
 
     saves = []
@@ -153,6 +154,22 @@ def test_layerwise_runs_equal_ordinary_runs_in_less_memory(tmp_path):
     assert ordinary["peak_bytes"].iloc[1:].notna().all() and math.isnan(ordinary["peak_bytes"].iloc[0])
     assert layerwise["peak_bytes"].max() < ordinary["peak_bytes"].max()
     assert table.loc["c-adamw", "peak MB"] == layerwise["peak_bytes"].max() / 1e6
+
+
+def test_int8_weights_train_close_to_float_weights(tmp_path):
+    """--weights int8: the attention and MLP weights are INT8 in the run and in its checkpoint;
+    validation loss falls as with float weights, and ends close to it."""
+    settings = dict(optimizers=("adamw", "apollo-mini"), steps=40, batch_size=8, seq_len=32, eval_interval=20)
+    floats, _ = compare(small(tmp_path / "a", **settings))
+    int8, table = compare(small(tmp_path / "b", weights="int8", **settings))
+    assert isinstance(checkpoint(tmp_path / "b")["model"]["layers.0.mlp.up_proj.weight"], zoo.quantized.QuantizedWeight)
+    for name in settings["optimizers"]:
+        curve = int8[int8["optimizer"] == name]["val_loss"].dropna().to_numpy()
+        reference = floats[floats["optimizer"] == name]["val_loss"].dropna().to_numpy()
+        assert curve[0] == pytest.approx(reference[0], abs=2e-3)   # the same initial weights, rounded to INT8
+        assert curve[-1] < curve[0] - 1.0 and abs(curve[-1] - reference[-1]) < 0.1, (name, curve, reference)
+    with pytest.raises(ValueError, match="weights int8 .* with compile"):
+        small(tmp_path, weights="int8", compile=True)
 
 
 def test_bf16_autocast_on_the_cpu(tmp_path):

@@ -7,21 +7,13 @@ from typing import Callable
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .filters import default_low_rank_filter
 from .registry import info
 
 __all__ = ["create", "param_groups", "describe", "default_low_rank_filter"]
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
           nn.modules.batchnorm._NormBase) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-_LOW_RANK_BLOCKS = ("attn", "attention", "mlp")
-
-
-def default_low_rank_filter(name: str, param: Tensor) -> bool:
-    """The reference scripts' rule: a 2-D weight whose qualified name contains "attn",
-    "attention" or "mlp" (the q, k, v, o, gate, up, down linears of LLaMA): the hidden matrices,
-    which :func:`create` gives the low-rank optimizers' projection and Muon's orthogonalisation."""
-    return (name.endswith("weight") and param.dim() == 2
-            and any(block in name.lower() for block in _LOW_RANK_BLOCKS))
 
 
 def param_groups(model: nn.Module, weight_decay: float,

@@ -3,25 +3,35 @@
     python -m analysis.memory plan --model 7B,13B --optimizers adamw,galore,apollo,apollo-mini \\
         --dtype bf16 --batch-size 1 --seq-len 256 [--layerwise] [--checkpointing] [--gpu-memory 80] --out DIR
     python -m analysis.memory measure --model 1B --optimizers adamw,apollo-mini,apollo-mini+layerwise \\
-        --dtype bf16 --batch-size 1 --seq-len 256 --out DIR
+        --dtype bf16 --batch-size 1 --seq-len 256 [--weights int8] --out DIR
+    python -m analysis.memory demo [--model 7B] [--optimizer apollo-mini] [--steps 3] --out DIR
 
 ``plan`` runs each step under FakeTensorMode (no memory used) and writes ``DIR/plan.csv``
 (:data:`analysis.memory.plan.PLAN_COLUMNS`; with ``--gpu-memory`` GiB, ``max_batch``, the largest
 batch that fits). ``measure`` trains for real on this machine's CPU, one process per optimizer,
 and writes ``DIR/measure.csv``: the tracked bytes by category, the process's maximum resident
 memory, seconds per step and the losses, beside the plan of the same step. An optimizer written
-``name+layerwise`` updates inside backward; ``--layerwise`` does so for all. GB = 10⁹ bytes.
+``name+layerwise`` updates inside backward; ``--layerwise`` does so for all; ``--weights int8``
+stores the attention and MLP weights as INT8 (:mod:`zoo.quantized`). GB = 10⁹ bytes.
+
+``demo`` trains the papers' smallest-memory setting for real on this machine: LLaMA-7B built on
+the meta device and materialised and quantized one module at a time, INT8 weights, bf16 compute,
+per-layer updates, batch 1 of 256 tokens, on one repeated batch. It writes ``DIR/demo.csv``: the
+measured step (tracked peak by category, maximum resident memory, seconds per step, the loss of
+every step) and the planner's rows for the same setting, for float weights and for AdamW (which
+cannot run here).
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from ..cli import ArgumentParser, choice_list, float_range, integer, make_folder, usage_errors
 from ..models.llama import CONFIGS
-from .plan import DTYPES, Setting, measured_row, plan
+from .plan import DTYPES, WEIGHTS, Setting, measured_row, plan
 
 __all__ = ["main"]
 
@@ -42,6 +52,8 @@ def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
                          help="weights, gradients and optimizer states")
         sub.add_argument("--batch-size", type=integer(1), default=1)
         sub.add_argument("--seq-len", type=integer(1), default=256)
+        sub.add_argument("--weights", choices=WEIGHTS, default="float",
+                         help="int8: attention and MLP weights stored as INT8 (groups of 128)")
         sub.add_argument("--layerwise", action="store_true", help="every optimizer updates inside backward")
         sub.add_argument("--checkpointing", action="store_true", help="recompute activations in backward")
         sub.add_argument("--rank", type=integer(1), default=None, help="low-rank optimizers' rank "
@@ -54,6 +66,15 @@ def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
                              help="a card's memory in GiB (80 for an 80 GB A100): adds max_batch")
         else:
             sub.add_argument("--steps", type=integer(1), default=2, help="timed steps after the measured one")
+    text = "train a LLaMA (default 7B) with INT8 weights and per-layer updates on this machine's CPU, beside the plans"
+    demo = subs["demo"] = commands.add_parser("demo", help=text, description=text)
+    demo.add_argument("--model", choices=PAPER_SIZES, default="7B")
+    demo.add_argument("--optimizer", default="apollo-mini", help="a registry name")
+    demo.add_argument("--batch-size", type=integer(1), default=1)
+    demo.add_argument("--seq-len", type=integer(1), default=256)
+    demo.add_argument("--steps", type=integer(1), default=3, help="timed steps after the first and the tracked one")
+    demo.add_argument("--lr", type=float_range(0, open_low=True), default=1e-3, help="learning rate, no warm-up")
+    demo.add_argument("--out", type=Path, required=True, help="output folder")
     return parser, subs
 
 
@@ -65,10 +86,34 @@ def _settings(args) -> list[Setting]:
             if suffix not in ("", "layerwise"):
                 raise ValueError(f"--optimizers entry {entry!r}: allowed a registry name, optionally +layerwise")
             settings.append(Setting(model, name, args.dtype, args.batch_size, args.seq_len,
-                                    args.layerwise or suffix == "layerwise", args.checkpointing, args.rank, args.lr))
+                                    args.layerwise or suffix == "layerwise", args.checkpointing, args.rank, args.lr,
+                                    args.weights))
     if not settings:
         raise ValueError("--optimizers names no optimizer")
     return settings
+
+
+def _demo_settings(args) -> list[Setting]:
+    """The measured setting, then those planned beside it: float weights, AdamW."""
+    measured = Setting(args.model, args.optimizer, "bf16", args.batch_size, args.seq_len, layerwise=True, lr=args.lr,
+                       weights="int8")
+    return [measured, replace(measured, weights="float"), replace(measured, optimizer="adamw", weights="float"),
+            replace(measured, optimizer="adamw", weights="float", layerwise=False)]
+
+
+def demo(settings: list[Setting], steps: int) -> pd.DataFrame:
+    """The first of ``settings`` measured (:func:`measured_row`, reported as it goes), then all of
+    them planned; one frame, ``how`` saying which."""
+    first = settings[0]
+    print(f"measuring {first.model} {first.optimizer}, INT8 weights, bf16, per-layer updates, batch "
+          f"{first.batch_size} x {first.seq_len} tokens, {steps + 2} steps on this machine's CPU ...", flush=True)
+    measured = measured_row(first, steps)
+    print(f"peak {measured['peak_gb']:.2f} GB tracked (planned {measured['planned_peak_gb']:.2f}), maximum resident "
+          f"{measured['max_resident_gb']:.2f} GB; first step {measured['first_step_s']:.1f} s, then "
+          f"{measured['seconds_per_step']:.1f} s/step; losses {measured['losses']}\n", flush=True)
+    planned = plan(settings, progress=True)
+    return pd.concat([pd.DataFrame([measured]).assign(how="measured"), planned.assign(how="planned")],
+                     ignore_index=True)
 
 
 def _show(frame: pd.DataFrame) -> None:
@@ -80,9 +125,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser, subs = _parser()
     args = parser.parse_args(argv)
     with usage_errors(subs[args.command]):
-        settings = _settings(args)
+        settings = _demo_settings(args) if args.command == "demo" else _settings(args)
         make_folder(args.out)
-    if args.command == "plan":
+    if args.command == "demo":
+        frame = demo(settings, args.steps)
+        path = args.out / "demo.csv"
+    elif args.command == "plan":
         frame = plan(settings, gpu_memory_gib=args.gpu_memory, progress=True)
         path = args.out / "plan.csv"
     else:

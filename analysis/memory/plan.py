@@ -4,7 +4,9 @@ allocated, so 7B and 13B plan on a laptop) or measured for real, with
 
 The model is :class:`analysis.models.llama.Llama` at one of the papers' sizes (PAPERS.md §C, plus
 13B; or "tiny", for quick checks) with the T5 vocabulary of 32000 tokens, its weights (and so its gradients and optimizer
-states) in ``dtype``; the optimizer comes from ``zoo.create`` (low-rank optimizers at the size's
+states) in ``dtype``; with ``weights="int8"`` its attention and MLP weights are INT8 (:mod:`zoo.quantized`, groups
+of 128, stochastic rounding), built on the meta device and materialised and quantized one module at a time, so the
+float weights never exist together (their gradients and states stay in ``dtype``); the optimizer comes from ``zoo.create`` (low-rank optimizers at the size's
 rank, :data:`zoo.memory.LOW_RANK_RANKS`, unless ``rank`` is given); ``layerwise`` updates inside
 backward (:mod:`zoo.layerwise`), ``checkpointing`` recomputes each block's activations.
 
@@ -28,16 +30,20 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import zoo
 from zoo.memory import LOW_RANK_RANKS
+from zoo.quantized import materialize_quantized
 
 from ..cli import track
 from ..models.llama import CONFIGS, Llama
 from .state import GB, GIB
 from .step import default_dtype, max_resident_bytes, measure_step, train_step
 
-__all__ = ["GB", "GIB", "DTYPES", "Setting", "build", "llama_step", "row", "max_batch", "plan", "measure",
+__all__ = ["GB", "GIB", "DTYPES", "WEIGHTS", "Setting", "build", "llama_step", "row", "max_batch", "plan", "measure",
            "measured_row", "plot_plan", "PLAN_COLUMNS"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+WEIGHTS = ("float", "int8")
+"""How the attention and MLP weights are stored: in ``dtype``, or INT8 (:mod:`zoo.quantized`)."""
+QUANT_GROUP = 128   # values per scale and offset, as the reference's 7B script
 VOCAB = 32000
 
 PLAN_COLUMNS = ("model", "optimizer", "layerwise", "checkpointing", "weights", "batch_size", "seq_len",
@@ -58,6 +64,7 @@ class Setting:
     checkpointing: bool = False
     rank: int | None = None
     lr: float | None = None            # None: the optimizer's default (memory does not depend on it)
+    weights: str = "float"             # or "int8": the attention and MLP weights quantized
 
     def __post_init__(self):
         if self.model not in CONFIGS:
@@ -70,6 +77,8 @@ class Setting:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"unknown weights {self.weights!r}; allowed: {', '.join(WEIGHTS)}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -84,10 +93,15 @@ class Setting:
 def build(setting: Setting):
     """(model, optimizer, batch) of ``setting``, made in the current mode (fake or real)."""
     torch.manual_seed(0)
+    config = replace(CONFIGS[setting.model], vocab_size=VOCAB,
+                     max_seq_len=max(setting.seq_len, CONFIGS[setting.model].max_seq_len))
     with default_dtype(DTYPES[setting.dtype]):
-        config = replace(CONFIGS[setting.model], vocab_size=VOCAB,
-                         max_seq_len=max(setting.seq_len, CONFIGS[setting.model].max_seq_len))
-        model = Llama(config, checkpointing=setting.checkpointing)
+        if setting.weights == "int8":
+            with torch.device("meta"):
+                model = Llama(config, checkpointing=setting.checkpointing)
+            materialize_quantized(model, Llama._init_weights, "cpu", group_size=QUANT_GROUP)
+        else:
+            model = Llama(config, checkpointing=setting.checkpointing)
     optimizer = zoo.create(model, setting.optimizer, layerwise=setting.layerwise, **setting.optimizer_options())
     tokens = torch.randint(0, VOCAB, (setting.batch_size, setting.seq_len))
     return model, optimizer, (tokens, tokens)
@@ -109,7 +123,7 @@ optimizer's column holds its state plus what its ``step()`` allocates while it r
 def row(setting: Setting, frame: pd.DataFrame) -> dict:
     """One :data:`PLAN_COLUMNS` row from ``setting`` and its :func:`measure_step` frame."""
     return {"model": setting.model, "optimizer": setting.optimizer, "layerwise": setting.layerwise,
-            "checkpointing": setting.checkpointing, "weights": setting.dtype, "batch_size": setting.batch_size,
+            "checkpointing": setting.checkpointing, "weights": setting.weights if setting.weights == "int8" else setting.dtype, "batch_size": setting.batch_size,
             "seq_len": setting.seq_len, **{column: frame.loc[category, "at_peak"] / GB
                                            for category, column in GB_COLUMNS.items()}}
 
@@ -160,33 +174,40 @@ def plan(settings, *, gpu_memory_gib: float | None = None, progress: bool = Fals
 
 
 def _measure(setting: Setting, steps: int) -> dict:
-    """In a fresh process (:func:`measure`): the tracked step, then ``steps`` timed steps."""
+    """In a fresh process (:func:`measure`): one step, the tracked step, then ``steps`` timed steps."""
     model, optimizer, batch = build(setting)
-    frame = measure_step(model, optimizer, batch)
-    losses, start = [], time.perf_counter()
+    tick = time.perf_counter()
+    losses = [train_step(model, optimizer, batch)]
+    first = time.perf_counter() - tick
+    frame = measure_step(model, optimizer, batch, warmup=0, losses=losses)
+    times = []
     for _ in range(steps):
-        losses.append(train_step(model, optimizer, batch).float().item())
-    seconds = (time.perf_counter() - start) / steps if steps else math.nan
-    return {"frame": frame, "max_resident_bytes": max_resident_bytes(), "seconds_per_step": seconds,
-            "losses": losses}
+        tick = time.perf_counter()
+        losses.append(train_step(model, optimizer, batch))
+        times.append(time.perf_counter() - tick)
+    return {"frame": frame, "max_resident_bytes": max_resident_bytes(), "first_step_seconds": first,
+            "seconds_per_step": sum(times) / steps if steps else math.nan,
+            "losses": [loss.float().item() for loss in losses]}
 
 
 def measure(setting: Setting, steps: int = 2) -> dict:
     """A real training step of ``setting`` on this machine's CPU, in a fresh process (so its
-    maximum resident memory is its own): the :func:`measure_step` frame, the process's maximum
-    resident bytes, the mean seconds of ``steps`` further steps (the same batch each time) and
-    their losses."""
+    maximum resident memory is its own): the :func:`measure_step` frame of the second step (the
+    first allocates the optimizer state), the process's maximum resident bytes, the seconds of the
+    first step and the mean seconds of ``steps`` further steps (the same batch every time), and
+    the loss of every step (``steps + 2``)."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, (setting, steps))
 
 
 def measured_row(setting: Setting, steps: int = 2) -> dict:
     """:func:`measure` of ``setting`` as a :data:`PLAN_COLUMNS` row, with the planner's peak for
-    the same step (``planned_peak_gb``), the process's maximum resident memory, the seconds per
-    step and the losses of the timed steps."""
+    the same step (``planned_peak_gb``), the process's maximum resident memory, the seconds of the
+    first step and per further step, and the loss of every step."""
     result = measure(setting, steps)
     return {**row(setting, result["frame"]), "planned_peak_gb": llama_step(setting)["at_peak"]["total"] / GB,
-            "max_resident_gb": result["max_resident_bytes"] / GB, "seconds_per_step": result["seconds_per_step"],
+            "max_resident_gb": result["max_resident_bytes"] / GB, "first_step_s": result["first_step_seconds"],
+            "seconds_per_step": result["seconds_per_step"],
             "losses": " ".join(f"{loss:.4f}" for loss in result["losses"])}
 
 
@@ -199,7 +220,8 @@ def plot_plan(frame: pd.DataFrame, *, gpu_memory_gib: float | None = None, ax=No
 
     parts = {"parameters_gb": "parameters", "gradients_gb": "gradients", "optimizer_gb": "optimizer",
              "activations_gb": "activations", "temporaries_gb": "temporaries"}
-    labels = [f"{r.model} {r.optimizer}{' +layerwise' if r.layerwise else ''}" for r in frame.itertuples()]
+    labels = [f"{r.model} {r.optimizer}{' +layerwise' if r.layerwise else ''}{' int8' if r.weights == 'int8' else ''}"
+              for r in frame.itertuples()]
     long = frame.assign(setting=labels).melt(id_vars="setting", value_vars=list(parts), var_name="category",
                                              value_name="GB")
     long["category"] = long["category"].map(parts)

@@ -102,7 +102,7 @@ def train_step(model: nn.Module, optimizer, batch, loss_fn: Callable = _model_lo
 
 
 def measure_step(model: nn.Module, optimizer, batch, loss_fn: Callable = _model_loss, *,
-                 warmup: int = 1) -> pd.DataFrame:
+                 warmup: int = 1, losses: list | None = None) -> pd.DataFrame:
     """Bytes of one training step of ``model`` with ``optimizer`` on ``batch`` (a tuple of
     tensors), by category, after ``warmup`` untracked steps.
 
@@ -111,6 +111,7 @@ def measure_step(model: nn.Module, optimizer, batch, loss_fn: Callable = _model_
     step; for "total", the peak) and ``after`` (what stays when the step is over: parameters and
     optimizer state, buffers). ``loss_fn(model, batch)`` defaults to the model's scalar output.
     Works on real tensors and under ``FakeTensorMode`` (build model, optimizer and batch inside it).
+    The tracked step's loss is appended to ``losses`` when a list is given.
     """
     if warmup < 0:
         raise ValueError(f"Invalid warmup: {warmup!r}; allowed an int >= 0")
@@ -118,11 +119,13 @@ def measure_step(model: nn.Module, optimizer, batch, loss_fn: Callable = _model_
         train_step(model, optimizer, batch, loss_fn)
     tracker = Tracker(model, optimizer, *[t for t in batch if isinstance(t, torch.Tensor)])
     with tracker:
-        train_step(model, optimizer, batch, loss_fn)
+        loss = train_step(model, optimizer, batch, loss_fn)
     frame = pd.DataFrame({"at_peak": _by_category(tracker.get_tracker_snapshot("peak")),
                           "max": {**dict.fromkeys(CATEGORIES.values(), 0), **tracker.maxima},
                           "after": _by_category(tracker.get_tracker_snapshot("current"))})
     frame.index.name = "category"
+    if losses is not None:
+        losses.append(loss)
     return frame
 
 

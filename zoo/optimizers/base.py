@@ -10,6 +10,11 @@ names the settings that say which optimizer a state belongs to (``defining_setti
 settings torch.optim's counterpart writes (``torch_settings``) and the keys of a parameter's
 state (``state_keys`` or ``_state_keys``).
 
+**INT8 weights** (:mod:`zoo.quantized`): a quantized weight is updated through a dequantized
+working copy holding its gradient, one weight at a time, and rounded back; a subclass looks a
+parameter's state up with ``self._state(p)`` (never ``self.state[p]``), which maps the working copy
+to the weight, so the state stays keyed by the weight.
+
 **Non-finite gradients** (every optimizer, tested): as in torch.optim, a NaN or infinite gradient
 entry reaches the weight, which becomes non-finite at that step, visibly; no optimizer raises on
 it part-way through a step, and none freezes a coordinate silently (a sign of NaN is 0 in torch:
@@ -26,6 +31,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..caution import check_norm
+from ..quantized import ROUNDING_KEY, QuantizedWeight, working_copy
 
 __all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool", "carry_nonfinite", "STATE_MARKER"]
 
@@ -104,10 +110,12 @@ class ZooOptimizer(Optimizer):
     def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
         super().__init__(params, dict(defaults, caution=caution, caution_norm=caution_norm))
         self._aligned_counts: list = []
+        self._owners: dict = {}   # working copy -> quantized weight, during a step
 
     def __setstate__(self, state: dict) -> None:   # unpickling, copy.deepcopy, load_state_dict
         super().__setstate__(state)
         self.__dict__.setdefault("_aligned_counts", [])
+        self.__dict__.setdefault("_owners", {})
 
     # -- validation -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -216,6 +224,8 @@ class ZooOptimizer(Optimizer):
                 if keys is None:
                     continue
                 required, optional = keys
+                if isinstance(param, QuantizedWeight):
+                    optional = optional | {ROUNDING_KEY}
                 missing, unknown = sorted(required - set(state)), sorted(set(state) - required - optional)
                 if missing or unknown:
                     raise ValueError(f"the state of parameter {name} (param group {i}) "
@@ -269,8 +279,21 @@ class ZooOptimizer(Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             if torch.is_complex(p):
                 raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
-        if params:
-            self._update_group(group, params)
+        floats = [p for p in params if not isinstance(p, QuantizedWeight)]
+        if floats:
+            self._update_group(group, floats)
+        for weight in params:   # INT8 weights (zoo.quantized), one working copy at a time
+            if isinstance(weight, QuantizedWeight):
+                with working_copy(self.state, weight) as copy:
+                    self._owners = {copy: weight}
+                    try:
+                        self._update_group(group, [copy])
+                    finally:
+                        self._owners = {}
+
+    def _state(self, param: Tensor) -> dict:
+        """The state of ``param``, or of the quantized weight whose working copy it is."""
+        return self.state[self._owners.get(param, param)]
 
     def _update_group(self, group: dict, params: list[Tensor]) -> None:
         raise NotImplementedError
@@ -280,7 +303,7 @@ class ZooOptimizer(Optimizer):
         zero tensors named ``buffers`` and whatever ``init(param, state)`` adds."""
         states = []
         for p in params:
-            state = self.state[p]
+            state = self._state(p)
             if not state:
                 state["step"] = 0
                 for name in buffers:

@@ -180,7 +180,8 @@ class _LowRankAdamW(ZooOptimizer):
             shape = (shape[0], r) if rows_kept(shape) else (r, shape[1])
             if group["proj"] == "random":   # as the reference: the 1-based parameter index
                 everything = (q for g in self.param_groups for q in g["params"])
-                index = next(i for i, q in enumerate(everything, start=1) if q is p)
+                weight = self._owners.get(p, p)   # a quantized weight's working copy: the weight's index
+                index = next(i for i, q in enumerate(everything, start=1) if q is weight)
                 state["seed"] = torch.tensor(group["seed"] + index, dtype=torch.int64)
             if group["norm_growth_limit"] is not None and self.method != "galore":
                 state["update_norm"] = torch.zeros((), dtype=_norm_dtype(p), device=p.device)

@@ -142,7 +142,7 @@ class Muon(ZooOptimizer):
         lr = as_float(group["lr"])
         ortho = [i for i, is_matrix in enumerate(matrices) if is_matrix]
         if ortho:
-            states = [self.state[params[i]] for i in ortho]
+            states = [self._state(params[i]) for i in ortho]
             for i, state in zip(ortho, states):
                 if not state:
                     state["momentum_buffer"] = torch.zeros_like(params[i], memory_format=torch.preserve_format)

@@ -75,7 +75,7 @@ class SGD(ZooOptimizer):
         return None
 
     def _update_group(self, group, params):
-        states = [self.state[p] for p in params]
+        states = [self._state(p) for p in params]
         buffers = [state.get("momentum_buffer") for state in states]
         sgd(params, self._grads(group, params), buffers, lr=as_float(group["lr"]),
             momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],

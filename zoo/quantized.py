@@ -1,0 +1,378 @@
+"""INT8 weights: linear weights stored as 8-bit codes with a scale and an offset per group of
+values, dequantized one weight at a time in forward and backward, and updated by any zoo
+optimizer with stochastic rounding (Q-APOLLO, Zhu et al. 2025; Q-GaLore, Zhang et al. 2024).
+
+    zoo.quantize_weights(model)                  # attention and MLP weights -> INT8, groups of 128
+    opt = zoo.create(model, "apollo-mini", lr=1e-2, layerwise=True)
+    ...train as usual...
+
+**Storage** (:class:`QuantizedWeight`). A weight of shape (m, n) is split into groups of
+``group_size`` consecutive values (row-major, as the reference). Each group keeps its minimum
+``low`` and ``scale = (max - min) / 255`` in float32 and each value a code ``q`` in [0, 255]
+(uint8)::
+
+    w = low + scale * q          (dequantize)
+    q = round((w - low) / scale)  (quantize; a constant group has scale 0 and codes 0)
+
+That is asymmetric quantization with the zero point kept as a float (``-low / scale``): the
+group's minimum and maximum are exact and every code lies in [0, 255]. The reference rounds the
+zero point to an integer, which can put a group's extremes up to half a step outside the code
+range, where stochastic rounding is clipped and biased; here it never is. Nothing else of the
+weight is kept: 1 byte per value plus 8 bytes per group (:func:`quantized_bytes`).
+
+**Forward and backward.** The weight is a tensor subclass that reports the shape and the compute
+dtype of the float weight it stands for, and is an ``nn.Parameter`` of its module. ``F.linear``
+(every ``nn.Linear``) dequantizes it inside a custom autograd function, which saves the codes,
+not a float copy, and dequantizes again in backward; autocast is honoured. The gradient reaches
+the optimizer as an ordinary tensor in the compute dtype. Any other operation on the weight sees
+its dequantized value (and keeps a float copy for backward if it needs one); writing into it is
+refused: only a zoo optimizer updates it.
+
+**Updates.** A zoo optimizer's step (ordinary or per-layer) dequantizes each quantized weight into
+a working tensor in the compute dtype, applies its ordinary update to it (caution, APOLLO's
+scaling, weight decay, the same state as a float weight: the state stays keyed by the weight),
+and quantizes the result again, stochastically by default: ``q = floor(x + u)``, ``u ~ U[0, 1)``,
+x = (w - low) / scale, so that the expected dequantized value is the updated float value. The
+working tensor is in the compute dtype as in the reference: in bfloat16 an update smaller than
+half a unit in the last place of the weight is rounded away before the stochastic rounding sees
+it (quantize a float32 model and train under bf16 autocast to avoid that).
+
+**Randomness.** The noise of a weight's k-th update comes from a generator seeded with the
+weight's ``seed`` (``quantize_weights``' seed plus the weight's 1-based index) and k, which the
+optimizer keeps in the weight's state (``"rounding"``, a Python int: no tensor bytes). So the
+rounding is deterministic, independent of the order in which weights are updated (per-layer and
+ordinary steps draw the same noise), and the optimizer's ``state_dict`` holds the generator's
+position: a resumed run is bit for bit the uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from numbers import Integral
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map_only
+
+from .filters import default_low_rank_filter
+
+__all__ = ["QuantizedWeight", "quantize_weights", "materialize_quantized", "quantize", "quantized_bytes", "working_copy", "BITS"]
+
+aten = torch.ops.aten
+BITS = (8,)
+LEVELS = 255   # codes 0..255
+ROUNDING_KEY = "rounding"
+"""Key of a quantized weight's optimizer state that counts its stochastic roundings (a Python int)."""
+
+
+def _check_settings(bits, group_size) -> None:
+    if isinstance(bits, bool) or bits not in BITS:
+        raise ValueError(f"Invalid bits: {bits!r}; allowed {', '.join(map(str, BITS))} (uint8 codes; 4-bit "
+                         "packing is not implemented)")
+    if isinstance(group_size, bool) or not isinstance(group_size, Integral) or group_size < 1:
+        raise ValueError(f"Invalid group_size: {group_size!r}; allowed an int >= 1 (values per scale and offset)")
+
+
+def _rounding_noise(shape, seed: int, count: int, device) -> Tensor:
+    """Noise in (0, 1) for a weight's ``count``-th rounding, from its own generator: 16 random bits
+    per value, (k + 1/2) / 2^16 for k uniform in 0..2^16-1 (a quarter of the generator's draws of
+    ``torch.rand``, which is the slow part of a CPU step). The CPU generator keeps 32 bits of its
+    seed: ``seed * 2^20 + count`` modulo 2^32 differs for every update of 4096 consecutive weight
+    seeds over their first 2^20 updates."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 2**20 + count) % 2**32)
+    numel = math.prod(shape)
+    bits = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None, generator=generator)
+    return bits.view(torch.int16)[:numel].float().add_(2**15 + 0.5).mul_(2**-16).reshape(shape)
+
+
+def encode(values: Tensor, group_size: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(codes uint8 of ``values``' shape, scale, low float32 per group) of ``values``; rounding to
+    nearest, or ``floor(x + noise)`` with ``noise`` in [0, 1) of ``values``' shape (stochastic). A
+    group holding a non-finite value gets a NaN scale, so the whole group dequantizes to NaN."""
+    x = values.detach().reshape(-1, group_size).to(torch.float32, copy=True)   # a fresh copy, changed in place
+    low, high = x.amin(1), x.amax(1)
+    scale = (high - low) / LEVELS
+    scale = torch.where(torch.isfinite(scale), scale, torch.nan)
+    x.sub_(low[:, None]).mul_(torch.where(scale > 0, 1 / scale, 0.0)[:, None])
+    x = x.add_(noise.reshape(x.shape)).floor_() if noise is not None else x.round_()
+    codes = x.clamp_(0, LEVELS).nan_to_num_(0).to(torch.uint8).reshape(values.shape)
+    return codes, scale, low
+
+
+def decode(codes: Tensor, scale: Tensor, low: Tensor, dtype: torch.dtype) -> Tensor:
+    """The float values of ``codes`` (``low + scale * q`` per group, in float32) in ``dtype``."""
+    groups = codes.reshape(scale.shape[0], -1).float().mul_(scale[:, None]).add_(low[:, None])
+    return groups.to(dtype).reshape(codes.shape)
+
+
+class QuantizedWeight(Tensor):
+    """A weight held as uint8 ``codes`` with float32 ``scale`` and ``low`` per group (module
+    docstring); it reports the float weight's shape and compute ``dtype``. ``stochastic_round``:
+    how an optimizer writes updates back; ``seed``: its rounding noise."""
+
+    codes: Tensor
+    scale: Tensor
+    low: Tensor
+
+    @staticmethod
+    def __new__(cls, codes: Tensor, scale: Tensor, low: Tensor, dtype: torch.dtype, group_size: int,
+                stochastic_round: bool = True, seed: int = 0, requires_grad: bool = False):
+        return Tensor._make_wrapper_subclass(cls, codes.shape, dtype=dtype, device=codes.device,
+                                             requires_grad=requires_grad)
+
+    def __init__(self, codes, scale, low, dtype, group_size, stochastic_round=True, seed=0, requires_grad=False):
+        self.codes, self.scale, self.low = codes, scale, low
+        self.group_size, self.stochastic_round, self.seed = int(group_size), bool(stochastic_round), int(seed)
+
+    @classmethod
+    def from_float(cls, weight: Tensor, *, group_size: int = 128, stochastic_round: bool = True, seed: int = 0,
+                   bits: int = 8) -> "QuantizedWeight":
+        """``weight`` quantized (round to nearest), in its own dtype and on its device."""
+        _check_settings(bits, group_size)
+        if weight.numel() % group_size:
+            raise ValueError(f"a weight of shape {tuple(weight.shape)} ({weight.numel()} values) does not split "
+                             f"into groups of {group_size}; choose a group_size that divides its size")
+        if not weight.is_floating_point():
+            raise ValueError(f"only floating-point weights are quantized, got dtype {weight.dtype}")
+        return cls(*encode(weight, group_size), weight.dtype, group_size, stochastic_round, seed)
+
+    def _meta(self) -> tuple:
+        return (self.dtype, self.group_size, self.stochastic_round, self.seed)
+
+    def __tensor_flatten__(self):
+        return ["codes", "scale", "low"], self._meta()
+
+    @staticmethod
+    def __tensor_unflatten__(inner: dict, meta: tuple, outer_size, outer_stride):
+        return QuantizedWeight(inner["codes"], inner["scale"], inner["low"], *meta)
+
+    def __reduce_ex__(self, protocol):
+        return _rebuild, (self.codes, self.scale, self.low, self._meta(), self.requires_grad)
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return (f"QuantizedWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}, int8 codes, "
+                f"group_size={self.group_size}, stochastic_round={self.stochastic_round}"
+                f"{', requires_grad=True' if self.requires_grad else ''})")
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The float weight, in ``dtype`` (default its compute dtype): a new ordinary tensor."""
+        return decode(self.codes, self.scale, self.low, dtype or self.dtype)
+
+    @torch.no_grad()
+    def requantize_(self, values: Tensor, count: int = 0) -> None:
+        """Store ``values`` (the updated float weight): stochastically rounded with the noise of
+        update ``count`` when ``stochastic_round``, else to nearest."""
+        noise = _rounding_noise(values.shape, self.seed, count, values.device) if self.stochastic_round else None
+        codes, scale, low = encode(values, self.group_size, noise)
+        self.codes.copy_(codes)
+        self.scale.copy_(scale)
+        self.low.copy_(low)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            if isinstance(weight, QuantizedWeight):
+                x = args[0] if args else kwargs["input"]
+                bias = args[2] if len(args) > 2 else kwargs.get("bias")
+                return _QuantizedLinear.apply(x, weight, bias)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (aten.detach.default, aten.alias.default):
+            (self,) = args
+            return QuantizedWeight(self.codes, self.scale, self.low, *self._meta())
+        if func in (aten.clone.default, aten._to_copy.default):
+            self = args[0]
+            device, dtype = kwargs.get("device") or self.device, kwargs.get("dtype") or self.dtype
+            inner = [t.to(device, copy=True) for t in (self.codes, self.scale, self.low)]
+            return QuantizedWeight(*inner, dtype, self.group_size, self.stochastic_round, self.seed)
+        if func is aten.copy_.default:
+            dst, src = args[0], args[1]
+            if isinstance(dst, QuantizedWeight):
+                if isinstance(src, QuantizedWeight) and src.group_size == dst.group_size:
+                    parts = (src.codes, src.scale, src.low)
+                else:   # a float weight (a float checkpoint) loaded into a quantized one
+                    parts = encode(src.dequantize() if isinstance(src, QuantizedWeight) else src, dst.group_size)
+                for mine, theirs in zip((dst.codes, dst.scale, dst.low), parts):
+                    mine.copy_(theirs)
+                return dst
+        if func._schema.is_mutable and any(
+                isinstance(a, QuantizedWeight) and a_info.alias_info is not None and a_info.alias_info.is_write
+                for a, a_info in zip(args, func._schema.arguments)):
+            raise RuntimeError(f"{func} would write into an INT8 quantized weight; only a zoo optimizer updates one "
+                               "(it dequantizes, updates and rounds back), and weight.dequantize() gives its value")
+        args, kwargs = tree_map_only(QuantizedWeight, lambda t: t.dequantize(), (args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _rebuild(codes, scale, low, meta, requires_grad):
+    return QuantizedWeight(codes, scale, low, *meta, requires_grad=requires_grad)
+
+
+class _QuantizedLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` with ``weight`` dequantized in forward and again in
+    backward: only the codes are saved. Under autocast the matmuls run in the autocast dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: QuantizedWeight, bias: Tensor | None):
+        out = F.linear(x, weight.dequantize(), bias)   # autocast, when on, casts as for a float weight
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        ctx.save_for_backward(x.to(out.dtype), weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad @ weight.dequantize(grad.dtype)).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def quantize(weight: Tensor, *, group_size: int = 128, stochastic_round: bool = True, seed: int = 0,
+             bits: int = 8) -> QuantizedWeight:
+    """``weight`` as a :class:`QuantizedWeight` (see :meth:`QuantizedWeight.from_float`)."""
+    return QuantizedWeight.from_float(weight, group_size=group_size, stochastic_round=stochastic_round,
+                                      seed=seed, bits=bits)
+
+
+def _chosen(model: nn.Module, filter, group_size: int) -> list[tuple[nn.Module, str, str, Tensor]]:
+    """(module, parameter name, qualified name, parameter) of each weight ``filter`` chooses, in
+    ``named_modules`` order; refusals as :func:`quantize_weights`."""
+    filter = filter or default_low_rank_filter
+    chosen = []
+    for module_name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            full = f"{module_name}.{pname}" if module_name else pname
+            if filter(full, param):
+                if isinstance(param, QuantizedWeight):
+                    raise ValueError(f"{full} is quantized already")
+                if param.numel() % group_size:
+                    raise ValueError(f"{full} of shape {tuple(param.shape)} ({param.numel()} values) does not split "
+                                     f"into groups of {group_size}; choose a group_size that divides it, or leave it "
+                                     "out with filter")
+                chosen.append((module, pname, full, param))
+    if not chosen:
+        raise ValueError(f"no parameter of {type(model).__name__} matched the filter (default: attention and MLP "
+                         "weights, names containing 'attn', 'attention' or 'mlp'); pass filter=(name, param) -> bool")
+    return chosen
+
+
+def _seeds(chosen, seed: int) -> dict:
+    """Parameter -> the rounding seed of its quantized weight: ``seed`` plus its 1-based index
+    (a weight shared by several modules counted once)."""
+    seeds: dict = {}
+    for *_, param in chosen:
+        seeds.setdefault(param, seed + len(seeds) + 1)
+    return seeds
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise ValueError(f"Invalid seed: {seed!r}; allowed an int >= 0")
+
+
+def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, stochastic_round: bool = True,
+                     filter: Callable[[str, Tensor], bool] | None = None, seed: int = 0) -> list[str]:
+    """Replace ``model``'s chosen weights by INT8 :class:`QuantizedWeight` parameters, in place;
+    returns their names. ``filter(name, param)`` chooses (default
+    :func:`zoo.filters.default_low_rank_filter`: the attention and MLP weights, the set
+    ``zoo.create`` gives the low-rank group). Each weight's groups of ``group_size`` values get a
+    scale and an offset; ``stochastic_round`` is how optimizers write updates back; the i-th
+    quantized weight's rounding noise is seeded with ``seed + i``. A weight shared by several
+    modules is quantized once. Refused: bits other than 8, a weight whose size is not a multiple
+    of ``group_size``, a filter that matches nothing, a weight that is quantized already."""
+    _check_settings(bits, group_size)
+    _check_seed(seed)
+    chosen = _chosen(model, filter, group_size)
+    seeds, done = _seeds(chosen, seed), {}
+    for module, pname, _, param in chosen:
+        if param not in done:
+            done[param] = nn.Parameter(quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round,
+                                                seed=seeds[param]), requires_grad=param.requires_grad)
+        module._parameters[pname] = done[param]
+    return [full for _, _, full, _ in chosen]
+
+
+def materialize_quantized(model: nn.Module, init: Callable[[nn.Module], None], device="cpu", *, bits: int = 8,
+                          group_size: int = 128, stochastic_round: bool = True,
+                          filter: Callable[[str, Tensor], bool] | None = None, seed: int = 0) -> list[str]:
+    """Give a model built on the ``meta`` device its weights one module at a time: each module
+    that holds parameters or buffers is allocated on ``device``, initialised by ``init(module)``
+    (in the order ``model.apply(init)`` calls it, so the random draws are the same) and its chosen
+    weights are quantized at once, so the float weights of the whole model never exist together.
+    The result equals materialising the whole model (``model.to_empty(device=device)``,
+    ``model.apply(init)``) and then :func:`quantize_weights` with the same settings. Returns the quantized weights' names.
+    ``init`` must fill every parameter and buffer it is given (they start uninitialised)."""
+    _check_settings(bits, group_size)
+    _check_seed(seed)
+    owners: dict = {}
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if not param.is_meta:
+                raise ValueError(f"{name + '.' if name else ''}{pname} is not on the meta device; build the model "
+                                 "under torch.device('meta') (or use quantize_weights on a built model)")
+            if param in owners:
+                raise ValueError(f"{name + '.' if name else ''}{pname} is shared with {owners[param]} (tied weights); "
+                                 "materialising module by module would untie them")
+            owners[param] = name + "." + pname
+    chosen = _chosen(model, filter, group_size)
+    seeds = _seeds(chosen, seed)
+    by_module: dict = {}
+    for module, pname, _, param in chosen:
+        by_module.setdefault(module, []).append((pname, seeds[param]))
+
+    def post_order(module: nn.Module):
+        for child in module.children():
+            yield from post_order(child)
+        yield module
+
+    for module in post_order(model):
+        if not module._parameters and not module._buffers:
+            continue
+        for pname, param in module._parameters.items():   # as to_empty(recurse=False), without swapping
+            if param is not None:
+                module._parameters[pname] = nn.Parameter(torch.empty_like(param, device=device),
+                                                         requires_grad=param.requires_grad)
+        for bname, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[bname] = torch.empty_like(buffer, device=device)
+        init(module)
+        for pname, weight_seed in by_module.get(module, ()):
+            param = module._parameters[pname]
+            module._parameters[pname] = nn.Parameter(
+                quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round, seed=weight_seed),
+                requires_grad=param.requires_grad)
+    return [full for _, _, full, _ in chosen]
+
+
+def quantized_bytes(numel: int, group_size: int = 128) -> int:
+    """Bytes of a quantized weight of ``numel`` values: 1 per code, 4 + 4 per group."""
+    return numel + 8 * (numel // group_size)
+
+
+@contextmanager
+def working_copy(state: dict, weight: QuantizedWeight):
+    """For an optimizer's update of ``weight``: yields its dequantized working tensor, holding its
+    gradient; on leaving, the weight takes the updated value back, rounded with the noise of its
+    next rounding (counted in ``state[weight]``, the optimizer's state of the weight)."""
+    copy = weight.dequantize()
+    copy.grad = weight.grad
+    yield copy
+    entry = state[weight]
+    count = entry.get(ROUNDING_KEY, 0) + 1
+    weight.requantize_(copy, count)
+    entry[ROUNDING_KEY] = count
+    copy.grad = None
