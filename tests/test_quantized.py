@@ -245,6 +245,18 @@ def test_resume_is_bit_for_bit(name):
     assert not _same_weights(straight, _train(name, 3)[0])
 
 
+def test_a_quantized_state_dict_saves_and_loads_with_weights_only():
+    model = Net()
+    quantize_weights(model, group_size=GROUP, seed=3)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer)   # weights_only=True, torch's default
+    weight = loaded["attn.weight"]
+    assert isinstance(weight, QuantizedWeight) and weight.seed == 1 + 3 and weight.group_size == GROUP
+    assert torch.equal(weight.codes, model.attn.weight.codes) and torch.equal(weight.low, model.attn.weight.low)
+
+
 def test_a_float_checkpoint_loads_into_a_quantized_model_rounded_to_nearest():
     torch.manual_seed(0)
     float_model = Net()

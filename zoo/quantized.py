@@ -58,7 +58,8 @@ from torch.utils._pytree import tree_map_only
 
 from .filters import default_low_rank_filter
 
-__all__ = ["QuantizedWeight", "quantize_weights", "materialize_quantized", "quantize", "quantized_bytes", "working_copy", "BITS"]
+__all__ = ["QuantizedWeight", "quantize_weights", "materialize_quantized", "quantize", "quantized_bytes",
+           "working_copy", "encode", "decode", "BITS"]
 
 aten = torch.ops.aten
 BITS = (8,)
@@ -217,6 +218,9 @@ def _rebuild(codes, scale, low, meta, requires_grad):
     return QuantizedWeight(codes, scale, low, *meta, requires_grad=requires_grad)
 
 
+torch.serialization.add_safe_globals([_rebuild])   # torch.load(..., weights_only=True) reads quantized weights
+
+
 class _QuantizedLinear(torch.autograd.Function):
     """``F.linear(x, weight, bias)`` with ``weight`` dequantized in forward and again in
     backward: only the codes are saved. Under autocast the matmuls run in the autocast dtype."""
@@ -300,8 +304,9 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, sto
     seeds, done = _seeds(chosen, seed), {}
     for module, pname, _, param in chosen:
         if param not in done:
-            done[param] = nn.Parameter(quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round,
-                                                seed=seeds[param]), requires_grad=param.requires_grad)
+            quantized = quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round,
+                                 seed=seeds[param])
+            done[param] = nn.Parameter(quantized, requires_grad=param.requires_grad)
         module._parameters[pname] = done[param]
     return [full for _, _, full, _ in chosen]
 
@@ -314,8 +319,9 @@ def materialize_quantized(model: nn.Module, init: Callable[[nn.Module], None], d
     (in the order ``model.apply(init)`` calls it, so the random draws are the same) and its chosen
     weights are quantized at once, so the float weights of the whole model never exist together.
     The result equals materialising the whole model (``model.to_empty(device=device)``,
-    ``model.apply(init)``) and then :func:`quantize_weights` with the same settings. Returns the quantized weights' names.
-    ``init`` must fill every parameter and buffer it is given (they start uninitialised)."""
+    ``model.apply(init)``) and then :func:`quantize_weights` with the same settings. Returns the
+    quantized weights' names. ``init`` must fill every parameter and buffer it is given (they
+    start uninitialised)."""
     _check_settings(bits, group_size)
     _check_seed(seed)
     owners: dict = {}

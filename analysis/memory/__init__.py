@@ -19,5 +19,6 @@ from .step import CATEGORIES, default_dtype, max_resident_bytes, measure_step, t
 
 __all__ = ["GB", "GIB", "CONFIGS", "FRAME_COLUMNS", "OPTIMIZERS", "PAPER_TABLE2", "full_rank_state_bytes", "memory_frame",
            "paper_comparison", "plot_state_memory", "CATEGORIES", "measure_step", "train_step",
-           "max_resident_bytes", "default_dtype", "DTYPES", "WEIGHTS", "PLAN_COLUMNS", "Setting", "build", "llama_step",
+           "max_resident_bytes", "default_dtype", "DTYPES", "WEIGHTS", "PLAN_COLUMNS", "Setting", "build",
+           "llama_step",
            "row", "max_batch", "plan", "measure"]

@@ -3,12 +3,14 @@ allocated, so 7B and 13B plan on a laptop) or measured for real, with
 :func:`analysis.memory.step.measure_step`.
 
 The model is :class:`analysis.models.llama.Llama` at one of the papers' sizes (PAPERS.md §C, plus
-13B; or "tiny", for quick checks) with the T5 vocabulary of 32000 tokens, its weights (and so its gradients and optimizer
-states) in ``dtype``; with ``weights="int8"`` its attention and MLP weights are INT8 (:mod:`zoo.quantized`, groups
-of 128, stochastic rounding), built on the meta device and materialised and quantized one module at a time, so the
-float weights never exist together (their gradients and states stay in ``dtype``); the optimizer comes from ``zoo.create`` (low-rank optimizers at the size's
-rank, :data:`zoo.memory.LOW_RANK_RANKS`, unless ``rank`` is given); ``layerwise`` updates inside
-backward (:mod:`zoo.layerwise`), ``checkpointing`` recomputes each block's activations.
+13B; or "tiny", for quick checks) with the T5 vocabulary of 32000 tokens, its weights (and so its
+gradients and optimizer states) in ``dtype``; with ``weights="int8"`` its attention and MLP weights
+are INT8 (:mod:`zoo.quantized`, groups of 128, stochastic rounding), built on the meta device and
+materialised and quantized one module at a time, so the float weights never exist together (their
+gradients and states stay in ``dtype``). The optimizer comes from ``zoo.create`` (low-rank
+optimizers at the size's rank, :data:`zoo.memory.LOW_RANK_RANKS`, unless ``rank`` is given);
+``layerwise`` updates inside backward (:mod:`zoo.layerwise`), ``checkpointing`` recomputes each
+block's activations.
 
 Plans run the CPU's kernels on fake CPU tensors (a CPU-only torch cannot make fake CUDA
 parameters): on a GPU, attention (flash) and matmul workspaces differ, the caching allocator
@@ -123,9 +125,10 @@ optimizer's column holds its state plus what its ``step()`` allocates while it r
 def row(setting: Setting, frame: pd.DataFrame) -> dict:
     """One :data:`PLAN_COLUMNS` row from ``setting`` and its :func:`measure_step` frame."""
     return {"model": setting.model, "optimizer": setting.optimizer, "layerwise": setting.layerwise,
-            "checkpointing": setting.checkpointing, "weights": setting.weights if setting.weights == "int8" else setting.dtype, "batch_size": setting.batch_size,
-            "seq_len": setting.seq_len, **{column: frame.loc[category, "at_peak"] / GB
-                                           for category, column in GB_COLUMNS.items()}}
+            "checkpointing": setting.checkpointing,
+            "weights": setting.weights if setting.weights == "int8" else setting.dtype,
+            "batch_size": setting.batch_size, "seq_len": setting.seq_len,
+            **{column: frame.loc[category, "at_peak"] / GB for category, column in GB_COLUMNS.items()}}
 
 
 def max_batch(setting: Setting, memory_bytes: float, *, limit: int = 4096, peaks: dict | None = None) -> int:
