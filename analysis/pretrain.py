@@ -119,9 +119,6 @@ class Config:
                              "the global norm of grad_clip cannot be computed: pass --grad-clip 0 (no clipping)")
         if self.weights not in WEIGHTS:
             raise ValueError(f"unknown weights {self.weights!r}; allowed: {', '.join(WEIGHTS)}")
-        if self.weights == "int8" and self.compile:
-            raise ValueError("weights int8 (--weights int8) with compile (--compile): the quantized weights' "
-                             "dequantizing linear is not traced by torch.compile; drop one of them")
         if self.layerwise and self.capture_grads:
             raise ValueError("layerwise (--layerwise) frees each gradient inside backward, so capture_grads "
                              "(--capture-grads) would see none")
@@ -568,7 +565,7 @@ def _parser() -> ArgumentParser:
                    "gradient (zoo.layerwise); needs --grad-clip 0, one process")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="autocast: auto is bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--weights", choices=WEIGHTS, default="float", help="int8: attention and MLP weights stored as "
-                   "INT8 with stochastic rounding (zoo.quantize_weights); one process, no --compile")
+                   "INT8 with stochastic rounding (zoo.quantize_weights); one process")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress report (a bar on a terminal, a line per quarter of a run otherwise)")
     for f in fields(Config):

@@ -39,7 +39,7 @@ BAD_INPUTS = {   # entry point -> (arguments, what the one line must say)
         (["llama", "--capture-grads", "500"], "capture_grads steps [500] are outside the run's steps"),
         (["llama", "--layerwise"], "global norm of grad_clip cannot be computed: pass --grad-clip 0"),
         (["llama", "--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
-        (["llama", "--weights", "int8", "--compile"], "weights int8 (--weights int8) with compile (--compile)"),
+        (["llama", "--weights", "int4"], "argument --weights: invalid choice: 'int4'"),
         (["llama", *TINY, "--steps", "1", "--out", "/proc/no/such"], "--out /proc/no/such: cannot make this folder"),
         *([] if torch.cuda.is_available() else
           [(["llama", *TINY, "--device", "cuda"], "device 'cuda' was asked for but torch.cuda.is_available()")]),

@@ -161,15 +161,19 @@ def test_int8_weights_train_close_to_float_weights(tmp_path):
     validation loss falls as with float weights, and ends close to it."""
     settings = dict(optimizers=("adamw", "apollo-mini"), steps=40, batch_size=8, seq_len=32, eval_interval=20)
     floats, _ = compare(small(tmp_path / "a", **settings))
-    int8, table = compare(small(tmp_path / "b", weights="int8", **settings))
+    int8, _ = compare(small(tmp_path / "b", weights="int8", **settings))
     assert isinstance(checkpoint(tmp_path / "b")["model"]["layers.0.mlp.up_proj.weight"], zoo.quantized.QuantizedWeight)
     for name in settings["optimizers"]:
         curve = int8[int8["optimizer"] == name]["val_loss"].dropna().to_numpy()
         reference = floats[floats["optimizer"] == name]["val_loss"].dropna().to_numpy()
         assert curve[0] == pytest.approx(reference[0], abs=2e-3)   # the same initial weights, rounded to INT8
         assert curve[-1] < curve[0] - 1.0 and abs(curve[-1] - reference[-1]) < 0.1, (name, curve, reference)
-    with pytest.raises(ValueError, match="weights int8 .* with compile"):
-        small(tmp_path, weights="int8", compile=True)
+
+
+def test_int8_weights_are_refused_with_several_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "_world", lambda: (0, 2))
+    with pytest.raises(ValueError, match=r"weights int8 \(--weights int8\) is for one process"):
+        pretrain.prepare(small(tmp_path, weights="int8"))
 
 
 def test_bf16_autocast_on_the_cpu(tmp_path):
