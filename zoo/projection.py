@@ -83,4 +83,5 @@ def channel_norm(x: Tensor, shape) -> Tensor:
     # sqrt of a sum of squares (several times faster on CPU than torch.norm along a dimension),
     # in at least float32 so that float16 squares cannot overflow
     x = x.to(torch.promote_types(x.dtype, torch.float32))
-    return x.square().sum(dim=1 if rows_kept(shape) else 0, keepdim=True).sqrt_()
+    # sqrt out of place: under FSDP2 the sum is a partial sum across shards until it is read
+    return x.square().sum(dim=1 if rows_kept(shape) else 0, keepdim=True).sqrt()

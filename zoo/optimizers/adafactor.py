@@ -47,8 +47,8 @@ def adafactor(params: list[Tensor], grads: list[Tensor], states: list[dict], *, 
             param.mul_(1 - lr * weight_decay)
         if grad.dim() > 1:
             row_var, col_var = state["row_var"], state["col_var"]
-            row_var.lerp_(torch.norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)), one_minus_beta2)
-            col_var.lerp_(torch.norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)), one_minus_beta2)
+            row_var.lerp_(torch.norm(grad, dim=-1, keepdim=True).square().div_(grad.size(-1)), one_minus_beta2)
+            col_var.lerp_(torch.norm(grad, dim=-2, keepdim=True).square().div_(grad.size(-2)), one_minus_beta2)
             var_estimate = row_var @ col_var
             var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1_p))
         else:

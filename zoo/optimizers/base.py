@@ -32,6 +32,7 @@ from torch.optim import Optimizer
 
 from ..caution import check_norm
 from ..quantized import ROUNDING_KEY, QuantizedWeight, working_copy
+from ..sharding import global_sum, is_dtensor
 
 __all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool", "carry_nonfinite", "STATE_MARKER"]
 
@@ -333,9 +334,16 @@ class ZooOptimizer(Optimizer):
                 "counts": self._aligned_counts if group["caution"] else None}
 
     def aligned_fraction(self) -> float:
-        """Fraction of coordinates the cautious mask kept at the last step (nan if none masked)."""
+        """Fraction of coordinates the cautious mask kept at the last step (nan if none masked),
+        over whole tensors: under FSDP2 (DTensor parameters) the shards' counts are summed over
+        the ranks, in one all-reduce for the step; on one device, one synchronisation."""
         if not self._aligned_counts:
             return math.nan
-        nnz = sum(float(c) for c, _ in self._aligned_counts)
         numel = sum(n for _, n in self._aligned_counts)
+        counts = [c for c, _ in self._aligned_counts]
+        plain = [c.double() for c in counts if not is_dtensor(c)]
+        nnz = torch.stack(plain).sum().item() if plain else 0.0
+        sharded = [c for c in counts if is_dtensor(c)]
+        if sharded:
+            nnz += global_sum(sharded)
         return nnz / numel if numel else math.nan

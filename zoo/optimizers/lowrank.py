@@ -40,6 +40,7 @@ from torch import Tensor
 from ..caution import add_update
 from ..projection import (channel_norm, effective_rank, gaussian, project, project_back,
                           next_seed, rows_kept, top_singular)
+from ..sharding import replicated, whole_norm
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
 
 __all__ = ["Apollo", "GaLore", "Fira", "lowrank_adamw"]
@@ -62,7 +63,7 @@ def _projection(grad: Tensor, state: dict, step: int, group: dict) -> Tensor:
         return state["projection"]
     if refresh and step > 1:   # a new period: advance the seed (the reference's sequence)
         state["seed"].fill_(next_seed(int(state["seed"])))
-    proj = gaussian(grad.shape, group["rank"], int(state["seed"]), grad.device, grad.dtype)
+    proj = replicated(gaussian(grad.shape, group["rank"], int(state["seed"]), grad.device, grad.dtype), grad)
     if group["store_projection"]:
         state["projection"] = proj
     return proj
@@ -73,11 +74,12 @@ def _limit(norm: Tensor, state: dict, step: int, gamma: float | None):
     step); the state keeps the limited norm ``norm / f``."""
     if gamma is None:
         return 1.0
+    norm = whole_norm(norm)   # sharded (FSDP2): the norm of the whole update, on every rank
     factor = 1.0
     if step > 1:
         previous = state["update_norm"]
         factor = torch.clamp(norm / (previous + SCALE_EPS), min=gamma) / gamma
-        factor = torch.where(previous > 0, factor, 1.0)   # no previous norm to limit against
+        factor = torch.where(previous > 0, factor, torch.ones_like(factor))   # no previous norm to limit against
         norm = norm / factor
     state["update_norm"].copy_(norm)
     return factor
@@ -184,7 +186,7 @@ class _LowRankAdamW(ZooOptimizer):
                 index = next(i for i, q in enumerate(everything, start=1) if q is weight)
                 state["seed"] = torch.tensor(group["seed"] + index, dtype=torch.int64)
             if group["norm_growth_limit"] is not None and self.method != "galore":
-                state["update_norm"] = torch.zeros((), dtype=_norm_dtype(p), device=p.device)
+                state["update_norm"] = replicated(torch.zeros((), dtype=_norm_dtype(p), device=p.device), p)
         state["exp_avg"] = p.new_zeros(shape)
         state["exp_avg_sq"] = p.new_zeros(shape)
 

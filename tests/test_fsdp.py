@@ -1,0 +1,40 @@
+"""FSDP2: every registered optimizer on parameters sharded by ``fully_shard`` (2 gloo processes
+on the CPU, tests/fsdp_worker.py) ends where it ends in one process, and reports the cautious
+mask's fraction over whole tensors."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("fsdp") / "results.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(ROOT / "tests" / "fsdp_worker.py"), str(out)],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_sharded_equals_one_process(results, name):
+    result = results[name]
+    assert result["moved"] > 1e-3                 # the optimizer moved the weights, so equality means something
+    assert result["difference"] <= 1e-12, result  # float64
+
+
+@pytest.mark.parametrize("name", zoo.names(cautious=True))
+def test_aligned_fraction_is_over_whole_tensors(results, name):
+    fractions, expected = results[name]["fractions"], results[name]["expected_fractions"]
+    assert len(fractions) == len(expected) > 0
+    for got, want in zip(fractions, expected):
+        assert (math.isnan(got) and math.isnan(want)) or abs(got - want) <= 1e-12, (fractions, expected)
