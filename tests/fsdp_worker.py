@@ -2,6 +2,12 @@
 registered optimizer on parameters sharded by FSDP2 (``fully_shard``), against the same
 optimizer on the unsharded model in one process, on the same global batch.
 
+Then, per name, a checkpoint through ``torch.distributed.checkpoint`` after 2 steps (model and
+optimizer state from ``get_state_dict``), 2 more steps, and a fresh sharded model and optimizer
+that load it (``set_state_dict``) and take the same 2 steps: the largest difference to the
+uninterrupted run (low-rank names refresh their projection every 2 steps, so the resumed run
+advances APOLLO's seeds, and the limiter norms and step counters carry over).
+
 The model's weights cover the cases of the sharded-parameter issue: (24, 16) is sharded by rows,
 the axis APOLLO keeps; (9, 24) by rows too, the axis it compresses, and unevenly (5 and 4 rows);
 the biases are 1-D. float64 throughout; Muon's Newton-Schulz in float64 too (in its default
@@ -12,10 +18,14 @@ names to run may follow (default: all).
 import copy
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
@@ -34,9 +44,9 @@ class Net(nn.Module):
         return self.mlp(x)
 
 
-def build(name: str, model: nn.Module):
+def build(name: str, model: nn.Module, **more):
     record = zoo.info(name)
-    options = {"lr": 1e-2}
+    options = {"lr": 1e-2, **more}
     if record.low_rank and "rank" not in record.fixed:
         options["rank"] = 2
     if "use_muon" in record.defaults:
@@ -44,15 +54,49 @@ def build(name: str, model: nn.Module):
     return zoo.get(name)(model.parameters(), **options)
 
 
-def train(model: nn.Module, optimizer, x, y, cautious: bool) -> list[float]:
+def train(model: nn.Module, optimizer, x, y, cautious: bool, steps: int = STEPS) -> list[float]:
     fractions = []
-    for _ in range(STEPS):
+    for _ in range(steps):
         optimizer.zero_grad()
         ((model(x) - y) ** 2).mean().backward()
         optimizer.step()
         if cautious:
             fractions.append(optimizer.aligned_fraction())
     return fractions
+
+
+def resume_difference(name: str, mesh, path: Path, load_optimizer: bool = True) -> float:
+    """Largest difference between 4 steps and 2 steps, a DCP checkpoint, a fresh start, 2 steps
+    (``load_optimizer=False``: the fresh optimizer starts from scratch, a control)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 16), torch.randn(32, 9)
+    initial = Net()
+    more = {"update_proj_gap": 2} if zoo.info(name).low_rank else {}
+
+    def sharded():
+        model = copy.deepcopy(initial)
+        for layer in (model.mlp[0], model.mlp[2], model):
+            fully_shard(layer, mesh=mesh)
+        return model, build(name, model, **more)
+
+    model, optimizer = sharded()
+    train(model, optimizer, x, y, False, steps=2)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(path))
+    train(model, optimizer, x, y, False, steps=2)
+    fresh, fresh_optimizer = sharded()
+    if load_optimizer:
+        model_state, optimizer_state = get_state_dict(fresh, fresh_optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(fresh, fresh_optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    else:   # get_state_dict would give the fresh optimizer a state that dcp.load fills in place
+        state = {"model": get_model_state_dict(fresh)}
+        dcp.load(state, checkpoint_id=str(path))
+        set_model_state_dict(fresh, state["model"])
+    train(fresh, fresh_optimizer, x, y, False, steps=2)
+    return max((a.full_tensor() - b.full_tensor()).abs().max().item()
+               for a, b in zip(model.parameters(), fresh.parameters()))
 
 
 def main(out: str, names: list[str]) -> None:
@@ -72,13 +116,18 @@ def main(out: str, names: list[str]) -> None:
         assert all(isinstance(p, DTensor) for p in sharded.parameters())
         fractions = train(sharded, build(name, sharded), x, y, cautious)
         full = [p.full_tensor() for p in sharded.parameters()]
+        results[name] = {}
         if rank == 0:
             initial = [p.detach().clone() for p in reference.parameters()]
             expected = train(reference, build(name, reference), x, y, cautious)
-            results[name] = {"difference": max((a - b).abs().max().item()
+            results[name] |= {"difference": max((a - b).abs().max().item()
                                                for a, b in zip(full, reference.parameters())),
                              "moved": max((a - b).abs().max().item() for a, b in zip(full, initial)),
                              "fractions": fractions, "expected_fractions": expected}
+    for name in names or zoo.names():
+        path = Path(out).parent / "checkpoints" / name
+        results[name]["resumed"] = resume_difference(name, mesh, path)
+        results[name]["without_optimizer_state"] = resume_difference(name, mesh, path, load_optimizer=False)
     if rank == 0:
         with open(out, "w") as handle:
             json.dump(results, handle)

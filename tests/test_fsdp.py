@@ -1,6 +1,6 @@
 """FSDP2: every registered optimizer on parameters sharded by ``fully_shard`` (2 gloo processes
-on the CPU, tests/fsdp_worker.py) ends where it ends in one process, and reports the cautious
-mask's fraction over whole tensors."""
+on the CPU, tests/fsdp_worker.py) ends where it ends in one process, reports the cautious
+mask's fraction over whole tensors, and resumes bit for bit from a torch.distributed.checkpoint."""
 import json
 import math
 import os
@@ -38,3 +38,9 @@ def test_aligned_fraction_is_over_whole_tensors(results, name):
     assert len(fractions) == len(expected) > 0
     for got, want in zip(fractions, expected):
         assert (math.isnan(got) and math.isnan(want)) or abs(got - want) <= 1e-12, (fractions, expected)
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_resume_from_a_distributed_checkpoint_is_bit_for_bit(results, name):
+    assert results[name]["resumed"] == 0.0
+    assert results[name]["without_optimizer_state"] > 1e-6   # so the loaded optimizer state mattered
