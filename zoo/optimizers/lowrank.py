@@ -79,7 +79,8 @@ def _limit(norm: Tensor, state: dict, step: int, gamma: float | None):
     if step > 1:
         previous = state["update_norm"]
         factor = torch.clamp(norm / (previous + SCALE_EPS), min=gamma) / gamma
-        factor = torch.where(previous > 0, factor, torch.ones_like(factor))   # no previous norm to limit against
+        # no previous norm to limit against: 1 (a tensor like factor, so that a DTensor stays one)
+        factor = torch.where(previous > 0, factor, torch.ones_like(factor))
         norm = norm / factor
     state["update_norm"].copy_(norm)
     return factor
