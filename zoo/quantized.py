@@ -128,18 +128,6 @@ class QuantizedWeight(Tensor):
         self.codes, self.scale, self.low = codes, scale, low
         self.group_size, self.stochastic_round, self.seed = int(group_size), bool(stochastic_round), int(seed)
 
-    @classmethod
-    def from_float(cls, weight: Tensor, *, group_size: int = 128, stochastic_round: bool = True, seed: int = 0,
-                   bits: int = 8) -> "QuantizedWeight":
-        """``weight`` quantized (round to nearest), in its own dtype and on its device."""
-        _check_settings(bits, group_size)
-        if weight.numel() % group_size:
-            raise ValueError(f"a weight of shape {tuple(weight.shape)} ({weight.numel()} values) does not split "
-                             f"into groups of {group_size}; choose a group_size that divides its size")
-        if not weight.is_floating_point():
-            raise ValueError(f"only floating-point weights are quantized, got dtype {weight.dtype}")
-        return cls(*encode(weight, group_size), weight.dtype, group_size, stochastic_round, seed)
-
     def _meta(self) -> tuple:
         return (self.dtype, self.group_size, self.stochastic_round, self.seed)
 
@@ -247,9 +235,21 @@ class _QuantizedLinear(torch.autograd.Function):
 
 def quantize(weight: Tensor, *, group_size: int = 128, stochastic_round: bool = True, seed: int = 0,
              bits: int = 8) -> QuantizedWeight:
-    """``weight`` as a :class:`QuantizedWeight` (see :meth:`QuantizedWeight.from_float`)."""
-    return QuantizedWeight.from_float(weight, group_size=group_size, stochastic_round=stochastic_round,
-                                      seed=seed, bits=bits)
+    """``weight`` quantized (round to nearest) as a :class:`QuantizedWeight`, in its own dtype and
+    on its device."""
+    _check_settings(bits, group_size)
+    if weight.numel() % group_size:
+        raise ValueError(f"a weight of shape {tuple(weight.shape)} ({weight.numel()} values) does not split "
+                         f"into groups of {group_size}; choose a group_size that divides its size")
+    if not weight.is_floating_point():
+        raise ValueError(f"only floating-point weights are quantized, got dtype {weight.dtype}")
+    return QuantizedWeight(*encode(weight, group_size), weight.dtype, group_size, stochastic_round, seed)
+
+
+def _parameter(param: Tensor, group_size: int, stochastic_round: bool, seed: int) -> nn.Parameter:
+    """``param`` quantized, as a parameter that wants a gradient when ``param`` does."""
+    return nn.Parameter(quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round, seed=seed),
+                        requires_grad=param.requires_grad)
 
 
 def _chosen(model: nn.Module, filter, group_size: int) -> list[tuple[nn.Module, str, str, Tensor]]:
@@ -304,9 +304,7 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, sto
     seeds, done = _seeds(chosen, seed), {}
     for module, pname, _, param in chosen:
         if param not in done:
-            quantized = quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round,
-                                 seed=seeds[param])
-            done[param] = nn.Parameter(quantized, requires_grad=param.requires_grad)
+            done[param] = _parameter(param, group_size, stochastic_round, seeds[param])
         module._parameters[pname] = done[param]
     return [full for _, _, full, _ in chosen]
 
@@ -357,10 +355,8 @@ def materialize_quantized(model: nn.Module, init: Callable[[nn.Module], None], d
                 module._buffers[bname] = torch.empty_like(buffer, device=device)
         init(module)
         for pname, weight_seed in by_module.get(module, ()):
-            param = module._parameters[pname]
-            module._parameters[pname] = nn.Parameter(
-                quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round, seed=weight_seed),
-                requires_grad=param.requires_grad)
+            module._parameters[pname] = _parameter(module._parameters[pname], group_size, stochastic_round,
+                                                   weight_seed)
     return [full for _, _, full, _ in chosen]
 
 
