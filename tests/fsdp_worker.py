@@ -17,17 +17,21 @@ names to run may follow (default: all).
 """
 import copy
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
                                                      set_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 
 import zoo
@@ -44,14 +48,18 @@ class Net(nn.Module):
         return self.mlp(x)
 
 
-def build(name: str, model: nn.Module, **more):
+def settings(name: str, **more) -> dict:
     record = zoo.info(name)
     options = {"lr": 1e-2, **more}
     if record.low_rank and "rank" not in record.fixed:
         options["rank"] = 2
     if "use_muon" in record.defaults:
         options["ns_dtype"] = torch.float64
-    return zoo.get(name)(model.parameters(), **options)
+    return options
+
+
+def build(name: str, model: nn.Module, **more):
+    return zoo.get(name)(model.parameters(), **settings(name, **more))
 
 
 def train(model: nn.Module, optimizer, x, y, cautious: bool, steps: int = STEPS) -> list[float]:
@@ -99,6 +107,51 @@ def resume_difference(name: str, mesh, path: Path, load_optimizer: bool = True) 
                for a, b in zip(model.parameters(), fresh.parameters()))
 
 
+def largest_difference(states: dict, expected: dict) -> float:
+    """The largest difference between two optimizers' ``state_dict()["state"]`` (inf where their
+    parameters, keys or non-tensor values differ)."""
+    if states.keys() != expected.keys():
+        return math.inf
+    worst = 0.0
+    for index, state in states.items():
+        if state.keys() != expected[index].keys():
+            return math.inf
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                worst = max(worst, (value.double() - expected[index][key].double()).abs().max().item())
+            elif value != expected[index][key]:
+                return math.inf
+    return worst
+
+
+def zero(name: str, indexed: bool = True) -> dict:
+    """ZeRO-1: ``ZeroRedundancyOptimizer`` with ``optimizer_class=zoo.get(name)`` under DDP, every
+    rank on the same global batch (so DDP's mean gradient is the one-process gradient exactly),
+    against one process; then the state consolidated on rank 0, loaded into a one-process
+    optimizer, against the one-process state. ``indexed=False`` skips ``zoo.index_parameters``."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 16), torch.randn(32, 9)
+    reference = Net()
+    model = copy.deepcopy(reference)
+    if indexed:
+        zoo.index_parameters(model.parameters())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=zoo.get(name), **settings(name))
+        train(DistributedDataParallel(model), optimizer, x, y, False)
+    optimizer.consolidate_state_dict(to=0)
+    if dist.get_rank() != 0:
+        return {}
+    state = optimizer.state_dict()
+    expected = build(name, reference)
+    train(reference, expected, x, y, False)
+    loaded = zoo.get(name)(copy.deepcopy(reference).parameters(), **settings(name))
+    loaded.load_state_dict(state)
+    return {"difference": max((a - b).abs().max().item() for a, b in zip(model.parameters(), reference.parameters())),
+            "state_difference": largest_difference(loaded.state_dict()["state"], expected.state_dict()["state"]),
+            "warned": any("zoo.index_parameters" in str(w.message) for w in caught)}
+
+
 def main(out: str, names: list[str]) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -124,6 +177,9 @@ def main(out: str, names: list[str]) -> None:
                                                for a, b in zip(full, reference.parameters())),
                              "moved": max((a - b).abs().max().item() for a, b in zip(full, initial)),
                              "fractions": fractions, "expected_fractions": expected}
+    for name in names or zoo.names():
+        results[name]["zero"] = zero(name)
+    results["apollo"]["zero_unindexed"] = zero("apollo", indexed=False)
     for name in names or zoo.names():
         path = Path(out).parent / "checkpoints" / name
         results[name]["resumed"] = resume_difference(name, mesh, path)

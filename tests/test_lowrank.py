@@ -192,3 +192,29 @@ def test_channel_factors_follow_the_kept_dimension(shape, channel_shape):
     low = project(g, proj)
     assert tuple(_scaling(low, low, shape, channel=True).shape) == channel_shape
     assert _scaling(low, low, shape, channel=False).dim() == 0
+
+
+def test_index_parameters_seeds_the_projections_by_the_tensors_own_number():
+    """zoo.index_parameters numbers tensors in optimizer order; an optimizer that holds a subset
+    (as ZeroRedundancyOptimizer's per-rank optimizers do) then draws the whole optimizer's seeds."""
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(8, 12)) for _ in range(3)]
+    for w in weights:
+        w.grad = torch.randn_like(w)
+    whole = zoo.get("apollo")(weights, rank=2)
+    whole.step()
+    subset = zoo.get("apollo")([weights[2]], rank=2)
+    subset.step()
+    assert int(subset.state[weights[2]]["seed"]) == 1 != int(whole.state[weights[2]]["seed"]) == 3
+    zoo.index_parameters([{"params": weights[:2]}, {"params": weights[2]}])
+    assert [w.zoo_index for w in weights] == [1, 2, 3]
+    subset = zoo.get("apollo")([weights[2]], rank=2)
+    subset.step()
+    assert int(subset.state[weights[2]]["seed"]) == 3
+
+
+def test_create_numbers_its_groups_in_its_own_order():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.Linear(12, 8))
+    opt = zoo.create(model, "apollo", rank=2, low_rank_filter=lambda name, p: p.dim() == 2)
+    everything = [p for g in opt.param_groups for p in g["params"]]
+    assert [p.zoo_index for p in everything] == list(range(1, len(everything) + 1))

@@ -14,7 +14,8 @@ from .layerwise import layerwise
 from .memory import expected_state_bytes, state_bytes
 from .quantized import quantize_weights
 from .registry import OptimizerInfo, UnknownOptimizerError, get, info, names, normalize, register
+from .sharding import index_parameters
 
 __all__ = ["names", "get", "info", "create", "register", "state_bytes", "expected_state_bytes",
-           "caution", "param_groups", "describe", "layerwise", "quantize_weights",
+           "caution", "param_groups", "describe", "layerwise", "quantize_weights", "index_parameters",
            "OptimizerInfo", "UnknownOptimizerError", "normalize"]

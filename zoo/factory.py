@@ -9,6 +9,7 @@ from torch.optim import Optimizer
 
 from .filters import default_low_rank_filter
 from .registry import info
+from .sharding import index_parameters
 
 __all__ = ["create", "param_groups", "describe", "default_low_rank_filter"]
 
@@ -120,6 +121,7 @@ def _build(rec, model_or_params, low_rank_filter, muon_filter, hparams: dict) ->
                              "bool to choose the matrices to orthogonalise")
         for group in groups:
             group["use_muon"] = group["name"] == "muon"
+    index_parameters(groups)   # APOLLO's projection seeds, also under ZeroRedundancyOptimizer
     return rec.build(groups, weight_decay=weight_decay, **hparams)
 
 

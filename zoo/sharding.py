@@ -1,6 +1,13 @@
-"""Parameters sharded by FSDP2 (``torch.distributed.fsdp.fully_shard``) are DTensors: what the
-optimizers need to treat them as whole tensors. ``torch.distributed.tensor`` is only imported
-once something else has (no tensor can be a DTensor before), so ``import zoo`` stays light."""
+"""What the optimizers need under torch.distributed.
+
+Parameters sharded by FSDP2 (``torch.distributed.fsdp.fully_shard``) are DTensors, to be treated
+as whole tensors. ``torch.distributed.tensor`` is only imported once something else has (no
+tensor can be a DTensor before), so ``import zoo`` stays light.
+
+``ZeroRedundancyOptimizer`` gives each rank's optimizer a subset of the parameters (sorted by
+size), so a parameter's position in its optimizer is not the one it has in one process:
+:func:`index_parameters` numbers the parameters on the tensors themselves, and APOLLO seeds its
+random projections from that number."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +15,9 @@ import sys
 import torch
 from torch import Tensor
 
-__all__ = ["is_dtensor", "replicated", "whole_norm", "global_sum"]
+__all__ = ["is_dtensor", "replicated", "whole_norm", "global_sum", "index_parameters", "parameter_index"]
+
+INDEX = "zoo_index"
 
 
 def is_dtensor(tensor) -> bool:
@@ -48,3 +57,31 @@ def global_sum(counts: list[Tensor]) -> float:
                    for placement, index in zip(count.placements, coordinate))
         shares.append(local if once else torch.zeros_like(local))
     return DTensor.from_local(torch.stack(shares).sum(), mesh, [Partial()] * mesh.ndim).full_tensor().item()
+
+
+def index_parameters(params) -> None:
+    """Number the parameters 1, 2, ... in the order an optimizer given ``params`` (a module, an
+    iterable of tensors, or of param-group dicts) would hold them, and keep each number on its
+    tensor (attribute ``zoo_index``), so it travels with the tensor into any optimizer.
+
+    APOLLO's random projections are seeded by the group's ``seed`` plus this index (else the
+    parameter's position in its optimizer, the same in one process). Call it before wrapping a
+    model's parameters in ``torch.distributed.optim.ZeroRedundancyOptimizer``, whose per-rank
+    optimizers hold subsets, so that every rank draws the projections of one process;
+    :func:`zoo.create` calls it on the groups it builds."""
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    tensors = []
+    for item in params:
+        if isinstance(item, dict):
+            group = item["params"]
+            tensors += [group] if isinstance(group, Tensor) else list(group)
+        else:
+            tensors.append(item)
+    for index, tensor in enumerate(tensors, start=1):
+        setattr(tensor, INDEX, index)
+
+
+def parameter_index(param: Tensor) -> int | None:
+    """The number :func:`index_parameters` gave ``param``, or None."""
+    return getattr(param, INDEX, None)

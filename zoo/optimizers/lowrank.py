@@ -6,7 +6,9 @@ For a 2-D weight W (m, n) with gradient G in a group with a ``rank``, step t (1,
     P   refreshed at t = 1, 1 + T, 1 + 2T, ... (T = update_proj_gap); moments are not reset
         random: N(0, 1/r) drawn from the period's seed (kept in the state: the parameter's 1-based
         index plus the group's ``seed`` at first, advanced at each refresh as the reference
-        code does); regenerated at every step, stored only with store_projection=True
+        code does; the index is the one zoo.index_parameters gave the tensor, which
+        zoo.create does, else its position in the optimizer); regenerated at every step, stored
+        only with store_projection=True
         svd: top-r singular vectors of the current G (stored)
     R   = G Pᵀ (m >= n) or P G (m < n)                               (zoo.projection)
     M  <- b1 M + (1 - b1) R;   V <- b2 V + (1 - b2) R²;   N = M / (sqrt(V) + eps)
@@ -33,14 +35,16 @@ refresh step is taken of the gradient with its non-finite entries zeroed, so it 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..caution import add_update
 from ..projection import (channel_norm, effective_rank, gaussian, project, project_back,
                           next_seed, rows_kept, top_singular)
-from ..sharding import replicated, whole_norm
+from ..sharding import is_dtensor, parameter_index, replicated, whole_norm
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
 
 __all__ = ["Apollo", "GaLore", "Fira", "lowrank_adamw"]
@@ -153,8 +157,7 @@ class _LowRankAdamW(ZooOptimizer):
             keys |= {"update_norm"} if group["norm_growth_limit"] is not None and self.method != "galore" else set()
         return keys, set()
 
-    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
-        super().__init__(params, defaults, caution, caution_norm)
+    _warned_position = False   # the warning of _index, once per optimizer
 
     def _validate(self, group):
         check_betas("betas", group["betas"])
@@ -181,15 +184,29 @@ class _LowRankAdamW(ZooOptimizer):
         if group["rank"] is not None and p.dim() == 2:
             r = effective_rank(shape, group["rank"])
             shape = (shape[0], r) if rows_kept(shape) else (r, shape[1])
-            if group["proj"] == "random":   # as the reference: the 1-based parameter index
-                everything = (q for g in self.param_groups for q in g["params"])
-                weight = self._owners.get(p, p)   # a quantized weight's working copy: the weight's index
-                index = next(i for i, q in enumerate(everything, start=1) if q is weight)
-                state["seed"] = torch.tensor(group["seed"] + index, dtype=torch.int64)
+            if group["proj"] == "random":
+                state["seed"] = torch.tensor(group["seed"] + self._index(p), dtype=torch.int64)
             if group["norm_growth_limit"] is not None and self.method != "galore":
                 state["update_norm"] = replicated(torch.zeros((), dtype=_norm_dtype(p), device=p.device), p)
         state["exp_avg"] = p.new_zeros(shape)
         state["exp_avg_sq"] = p.new_zeros(shape)
+
+    def _index(self, p: Tensor) -> int:
+        """The 1-based index that seeds ``p``'s projection, as the reference: the one
+        :func:`zoo.sharding.index_parameters` gave it, else its position in this optimizer."""
+        weight = self._owners.get(p, p)   # a quantized weight's working copy: the weight's index
+        index = parameter_index(weight)
+        if index is not None:
+            return index
+        if not self._warned_position and not is_dtensor(p) and dist.is_available() and dist.is_initialized() \
+                and dist.get_world_size() > 1:
+            self._warned_position = True
+            warnings.warn(f"{type(self).__name__} seeds each random projection with the parameter's position in "
+                          "this optimizer; under ZeroRedundancyOptimizer a rank's optimizer holds a subset, so the "
+                          "positions, and the projections, differ from one process: call "
+                          "zoo.index_parameters(params) on the parameters first (zoo.create does)", stacklevel=4)
+        everything = (q for g in self.param_groups for q in g["params"])
+        return next(i for i, q in enumerate(everything, start=1) if q is weight)
 
     def _update_group(self, group, params):
         states = self._states(params, init=lambda p, state: self._init_state(p, state, group))
