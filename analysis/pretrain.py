@@ -3,6 +3,7 @@
     python -m analysis.pretrain llama                      # the default comparison (README)
     python -m analysis.pretrain mae --optimizers adamw,c-adamw --seeds 0,1 --steps 300
     torchrun --nproc_per_node 2 -m analysis.pretrain llama --steps 100   # data-parallel
+    torchrun --nproc_per_node 2 -m analysis.pretrain llama --fsdp        # parameters sharded (FSDP2)
 
 Every (optimizer, seed) run starts from the same weights for a seed, sees the same batches, and
 follows a linear warm-up then cosine decay to ``min_lr_ratio`` of its peak learning rate, with
@@ -12,7 +13,10 @@ ends with :func:`summarize`: ``<out>/summary.md``, ``<out>/val_loss.png``, print
 
 Several processes (``torchrun``) train data-parallel with torch.distributed (gloo on CPU, nccl on
 CUDA): each rank takes its slice of the same global batch, gradients are averaged, and only
-rank 0 writes files. On CPU, a run is deterministic for its seed.
+rank 0 writes files. By default every rank holds the whole model (DDP); ``--fsdp`` shards
+parameters, gradients and optimizer state over the ranks (``fully_shard`` on every transformer
+block, then the model), and checkpoints hold the whole state, gathered on rank 0. On CPU, a run is
+deterministic for its seed.
 """
 from __future__ import annotations
 
@@ -88,6 +92,7 @@ class Config:
     dtype: str = "auto"                        # autocast: bf16 on CUDA and fp32 on the CPU, or fp32, bf16
     layerwise: bool = False                    # update each parameter inside backward (zoo.layerwise)
     weights: str = "float"                     # or "int8": attention and MLP weights quantized (zoo.quantized)
+    fsdp: bool = False                         # with torchrun: shard parameters and state (FSDP2), not DDP
     out: str = "runs/llama"
     resume: bool = False
     capture_grads: tuple[int, ...] = ()        # steps where gradient windows are recorded
@@ -119,6 +124,9 @@ class Config:
                              "the global norm of grad_clip cannot be computed: pass --grad-clip 0 (no clipping)")
         if self.weights not in WEIGHTS:
             raise ValueError(f"unknown weights {self.weights!r}; allowed: {', '.join(WEIGHTS)}")
+        if self.fsdp and self.capture_grads:
+            raise ValueError("capture_grads (--capture-grads) records whole gradients; with --fsdp each rank holds a "
+                             "shard: capture in one process or with DDP (without --fsdp)")
         if self.layerwise and self.capture_grads:
             raise ValueError("layerwise (--layerwise) frees each gradient inside backward, so capture_grads "
                              "(--capture-grads) would see none")
@@ -267,6 +275,38 @@ def _evaluate(task, model, device, autocast) -> float:
     return sum(losses) / len(losses)
 
 
+def _shard(model: nn.Module, device: torch.device) -> None:
+    """FSDP2 over all ranks: every block of the model's ``nn.ModuleList`` s its own unit (its
+    parameters gathered for its forward and backward only), the rest with the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device.type, (_world()[1],))
+    for blocks in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
+        for block in blocks:
+            fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def _whole_state(cfg: Config, model: nn.Module, optimizer) -> tuple[dict, dict]:
+    """The model's and the optimizer's state dicts; with ``--fsdp`` whole tensors gathered on
+    rank 0 (the other ranks get empty dicts), keyed by parameter name."""
+    if not cfg.fsdp:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _load_state(cfg: Config, model: nn.Module, optimizer, ckpt: dict) -> None:
+    """Load what :func:`_whole_state` saved (every rank reads the whole checkpoint)."""
+    if not cfg.fsdp:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    set_state_dict(model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
+                   options=StateDictOptions(full_state_dict=True))
+
+
 def _replicas_agree(model: nn.Module) -> bool:
     """True when every rank holds exactly the same parameters as rank 0."""
     flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
@@ -316,12 +356,16 @@ def prepare(cfg: Config):
     that is not there, a checkpoint ``--resume`` cannot continue; the data set's loader raises
     :class:`analysis.data.DataNotFoundError` (an ``OSError``) when it is missing."""
     world = _world()[1]
+    if cfg.fsdp and world == 1:
+        raise ValueError("--fsdp shards the model over the processes of torch.distributed: start the run with "
+                         "torchrun --nproc_per_node N (N >= 2)")
     if cfg.layerwise and world > 1:
-        raise ValueError("layerwise (--layerwise) would see each rank's local gradient, before DDP's all-reduce: "
-                         "run it in one process")
+        raise ValueError("layerwise (--layerwise) is for one process: with DDP it would see each rank's local "
+                         "gradient, before the all-reduce; with FSDP2 each sharded gradient is written after its "
+                         "reduce-scatter, outside autograd's accumulation, so its hook never runs")
     if cfg.weights == "int8" and world > 1:
-        raise ValueError("weights int8 (--weights int8) is for one process: DDP does not reduce the gradients of "
-                         "quantized weights")
+        raise ValueError("weights int8 (--weights int8) is for one process: neither DDP nor FSDP2 reduces the "
+                         "gradients of quantized weights")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} data-parallel ranks")
     device = _device(cfg)
@@ -345,21 +389,22 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     model = task.build_model().to(device)
     if cfg.weights == "int8":
         zoo.quantize_weights(model)   # attention and MLP weights, groups of 128, stochastic rounding
+    if cfg.fsdp:
+        _shard(model, device)
     optimizer = _build_optimizer(cfg, name, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     data = torch.Generator().manual_seed(seed)
     step, rows = 0, []
     ckpt = _resume_checkpoint(cfg, name, seed, device)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        _load_state(cfg, model, optimizer, ckpt)
         scheduler.load_state_dict(ckpt["scheduler"])
         data.set_state(ckpt["data_rng"])
         step, rows = ckpt["step"], ckpt["rows"]
     capture = None
     if cfg.capture_grads:
         capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
-    replica = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    replica = nn.parallel.DistributedDataParallel(model) if world > 1 and not cfg.fsdp else model
     forward = torch.compile(replica) if cfg.compile else replica
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"))
@@ -408,13 +453,15 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
             row["val_loss"] = _evaluate(task, model, device, autocast)
         rows.append(row)
         progress.update(loss=row["train_loss"], **({"val_loss": row["val_loss"]} if evaluation else {}))
-        if rank == 0 and evaluation:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                            scheduler=scheduler.state_dict(), data_rng=data.get_state(),
-                                            step=step, rows=rows, config=_signature(cfg, name)))
+        if evaluation:
+            model_state, optimizer_state = _whole_state(cfg, model, optimizer)   # every rank takes part
+            if rank == 0:
+                ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(ckpt_path, dict(model=model_state, optimizer=optimizer_state,
+                                                scheduler=scheduler.state_dict(), data_rng=data.get_state(),
+                                                step=step, rows=rows, config=_signature(cfg, name)))
     progress.close()
-    if world > 1 and not _replicas_agree(model):
+    if world > 1 and not cfg.fsdp and not _replicas_agree(model):
         raise RuntimeError(f"data-parallel replicas diverged ({name}, seed {seed})")
     frame = pd.DataFrame(rows, columns=list(METRICS)).assign(optimizer=name, seed=seed)
     if rank == 0:
@@ -521,7 +568,8 @@ def compare(cfg: Config, task=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         lrs = ", ".join(f"{n} {cfg.peak_lr(n):g}" for n in cfg.optimizers)
         header = (f"# {cfg.task} {cfg.model}: {cfg.steps} steps, global batch {cfg.batch_size}"
                   + (f" x {cfg.seq_len} tokens ({cfg.corpus})" if cfg.task == "llama" else " images")
-                  + f", seeds {list(cfg.seeds)}, world size {_world()[1]}\n\npeak lr: {lrs}\n\n")
+                  + f", seeds {list(cfg.seeds)}, world size {_world()[1]}" + (" (FSDP2)" if cfg.fsdp else "")
+                  + f"\n\npeak lr: {lrs}\n\n")
         (out / "summary.md").write_text(header + markdown(table) + "\n")
         fig, ax = plt.subplots(figsize=(7, 4))
         plot_val_loss(metrics, ax=ax)
@@ -566,11 +614,13 @@ def _parser() -> ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="autocast: auto is bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--weights", choices=WEIGHTS, default="float", help="int8: attention and MLP weights stored as "
                    "INT8 with stochastic rounding (zoo.quantize_weights); one process")
+    p.add_argument("--fsdp", action="store_true", help="with torchrun: shard parameters, gradients and optimizer "
+                   "state over the ranks (FSDP2 fully_shard) instead of replicating the model (DDP)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress report (a bar on a terminal, a line per quarter of a run otherwise)")
     for f in fields(Config):
         if f.name in ("task", "model", "optimizers", "seeds", "lr", "out", "corpus", "data_dir", "capture_grads",
-                      "resume", "compile", "progress", "layerwise", "dtype", "weights"):
+                      "resume", "compile", "progress", "layerwise", "dtype", "weights", "fsdp"):
             continue
         kind = {"warmup": int, "weight_decay": float, "rank": int, "batch_size": int}.get(f.name, type(f.default))
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,

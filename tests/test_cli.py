@@ -39,6 +39,10 @@ BAD_INPUTS = {   # entry point -> (arguments, what the one line must say)
         (["llama", "--capture-grads", "500"], "capture_grads steps [500] are outside the run's steps"),
         (["llama", "--layerwise"], "global norm of grad_clip cannot be computed: pass --grad-clip 0"),
         (["llama", "--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
+        (["llama", *TINY, "--fsdp"], "--fsdp shards the model over the processes of torch.distributed: start the run "
+                                     "with torchrun"),
+        (["llama", "--fsdp", "--capture-grads", "1"], "capture_grads (--capture-grads) records whole gradients; with "
+                                                      "--fsdp each rank holds a shard"),
         (["llama", "--weights", "int4"], "argument --weights: invalid choice: 'int4'"),
         (["llama", *TINY, "--steps", "1", "--out", "/proc/no/such"], "--out /proc/no/such: cannot make this folder"),
         *([] if torch.cuda.is_available() else

@@ -212,27 +212,57 @@ def test_missing_image_data_is_an_error_not_random_data(tmp_path):
 
 # ---------------------------------------------------------------- several processes
 
-def test_two_ranks_match_one_process(tmp_path):
+TWO_RANKS = ["--standalone", "--nproc_per_node", "2"]
+
+
+def run_ranks(*args, script=("-m", "analysis.pretrain"), check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *TWO_RANKS, *script, *args],
+                          cwd=ROOT, env=env, check=check, capture_output=True, timeout=300)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process(tmp_path, mode):
     """torchrun with 2 gloo ranks trains on the same global batches as one process: the same
-    train losses and final weights to round-off; the runner checks that both ranks agree.
-    SGD with momentum keeps the update linear in the gradient, so the all-reduce's round-off is
-    not amplified (Adam's g/sqrt(v) turns it into relative differences of 1e-3 at coordinates
-    whose gradient is tiny)."""
+    train losses and final weights to round-off; with DDP the runner checks that both ranks
+    agree; with --fsdp the checkpoint holds the whole model, gathered on rank 0. SGD with
+    momentum keeps the update linear in the gradient, so the reduction's round-off is not
+    amplified (Adam's g/sqrt(v) turns it into relative differences of 1e-3 at coordinates whose
+    gradient is tiny)."""
     args = ["llama", "--optimizers", "sgdm", "--lr", "0.3", "--seeds", "0", "--steps", "4", "--batch-size", "4",
             "--seq-len", "16", "--eval-interval", "2", "--eval-batches", "1", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "analysis.pretrain", *args, "--out", str(tmp_path / "ddp")],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-    subprocess.run([sys.executable, "-m", "analysis.pretrain", *args, "--out", str(tmp_path / "one")],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-    ddp, one = (pd.read_csv(tmp_path / d / "runs" / "sgdm_seed0.csv") for d in ("ddp", "one"))
-    assert "world size 2" in (tmp_path / "ddp" / "summary.md").read_text()
-    pd.testing.assert_series_equal(ddp["train_loss"], one["train_loss"], rtol=1e-5)
-    pd.testing.assert_series_equal(ddp["val_loss"], one["val_loss"], rtol=1e-5)
+    run_ranks(*args, *(["--fsdp"] if mode == "fsdp" else []), "--out", str(tmp_path / mode))
+    subprocess.run([sys.executable, "-m", "analysis.pretrain", *args, "--out", str(tmp_path / "one")], cwd=ROOT,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True, timeout=300)
+    ranks, one = (pd.read_csv(tmp_path / d / "runs" / "sgdm_seed0.csv") for d in (mode, "one"))
+    assert f"world size 2{' (FSDP2)' if mode == 'fsdp' else ''}\n" in (tmp_path / mode / "summary.md").read_text()
+    pd.testing.assert_series_equal(ranks["train_loss"], one["train_loss"], rtol=1e-5)
+    pd.testing.assert_series_equal(ranks["val_loss"], one["val_loss"], rtol=1e-5)
     assert one["train_loss"].iloc[-1] < one["train_loss"].iloc[1]
-    for key, value in checkpoint(tmp_path / "ddp", "sgdm")["model"].items():
-        torch.testing.assert_close(value, checkpoint(tmp_path / "one", "sgdm")["model"][key], rtol=1e-5, atol=1e-7)
+    whole = checkpoint(tmp_path / "one", "sgdm")["model"]
+    assert checkpoint(tmp_path / mode, "sgdm")["model"].keys() == whole.keys()
+    for key, value in checkpoint(tmp_path / mode, "sgdm")["model"].items():
+        torch.testing.assert_close(value, whole[key], rtol=1e-5, atol=1e-7)
+    if mode == "fsdp":   # each rank holds half of SGD's momentum: the state column is rank 0's share
+        assert ranks["state_bytes"].iloc[-1] == pytest.approx(one["state_bytes"].iloc[-1] / 2, rel=0.01)
+
+
+def test_fsdp_resume_continues_bit_for_bit(tmp_path):
+    """An FSDP run stopped on every rank at its second checkpoint resumes from the first (whole
+    model and optimizer state, APOLLO-Mini's seeds and limiter norm, the step counter) and ends
+    exactly where the uninterrupted run ends; the projection refreshes after the resume."""
+    args = ["llama", "--optimizers", "apollo-mini", "--seeds", "0", "--steps", "6", "--batch-size", "4",
+            "--seq-len", "16", "--eval-interval", "2", "--eval-batches", "1", "--update-proj-gap", "3",
+            "--no-progress", "--fsdp"]
+    run_ranks(*args, "--out", str(tmp_path / "full"))
+    stopped = run_ranks(*args, "--out", str(tmp_path / "cut"), script=[str(ROOT / "tests" / "pretrain_interrupted.py")],
+                        check=False)
+    assert stopped.returncode != 0 and checkpoint(tmp_path / "cut", "apollo-mini")["step"] == 2
+    run_ranks(*args, "--out", str(tmp_path / "cut"), "--resume")
+    full, resumed = (pd.read_csv(tmp_path / d / "runs" / "apollo-mini_seed0.csv") for d in ("full", "cut"))
+    pd.testing.assert_frame_equal(comparable(resumed), comparable(full))
+    for key, value in checkpoint(tmp_path / "full", "apollo-mini")["model"].items():
+        assert torch.equal(value, checkpoint(tmp_path / "cut", "apollo-mini")["model"][key]), key
 
 
 # ---------------------------------------------------------------- summary

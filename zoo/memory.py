@@ -8,6 +8,7 @@ from torch.optim import Optimizer
 
 from .factory import default_low_rank_filter
 from .registry import info
+from .sharding import is_dtensor
 
 __all__ = ["state_bytes", "expected_state_bytes", "LLAMA_CONFIGS", "llama_shapes", "state_table"]
 
@@ -17,7 +18,8 @@ def state_bytes(optimizer: Optimizer) -> int:
 
     Python numbers in the state (step counters, scalars) are not tensors and count 0; an
     optimizer that has not stepped yet usually holds no state. Tensors on the ``meta`` device
-    count their size as if they were real.
+    count their size as if they were real. A DTensor (parameters sharded by FSDP2) counts the
+    shard this rank holds.
     """
     seen: set = set()
     total = 0
@@ -25,6 +27,8 @@ def state_bytes(optimizer: Optimizer) -> int:
         for value in state.values():
             if not isinstance(value, Tensor):
                 continue
+            if is_dtensor(value):
+                value = value.to_local()
             storage = value.untyped_storage()
             key = (value.device, storage.data_ptr()) if storage.data_ptr() else id(value)
             if key not in seen:

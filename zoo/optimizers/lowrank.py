@@ -216,7 +216,8 @@ class _LowRankAdamW(ZooOptimizer):
     def load_state_dict(self, state_dict):
         # torch casts every loaded state tensor to its parameter's dtype; the int64 seed and the
         # limiter's float32 norm must come back as they were saved (and the seed on the CPU, so
-        # that reading it never syncs)
+        # that reading it never syncs); the norm of a sharded parameter replicated, as it was
+        # made (a whole state dict, torch.distributed.checkpoint's full_state_dict, holds it plain)
         kept = {pid: {k: state[k].clone() for k in ("seed", "update_norm") if k in state}
                 for pid, state in state_dict["state"].items()}
         super().load_state_dict(state_dict)
@@ -224,7 +225,10 @@ class _LowRankAdamW(ZooOptimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         for pid, p in zip(ids, params):
             for key, value in kept.get(pid, {}).items():
-                self.state[p][key] = value.cpu() if key == "seed" else value.to(p.device)
+                if key == "seed":
+                    self.state[p][key] = value.cpu()
+                else:
+                    self.state[p][key] = value.to(p.device) if is_dtensor(value) else replicated(value.to(p.device), p)
 
     def expected_state_bytes(self, param: Tensor, group: dict) -> int:
         """Bytes of this parameter's state after a step (PAPERS.md §B.2, Table 1)."""
