@@ -10,11 +10,13 @@ advances APOLLO's seeds, and the limiter norms and step counters carry over).
 
 The model's weights cover the cases of the sharded-parameter issue: (24, 16) is sharded by rows,
 the axis APOLLO keeps; (9, 24) by rows too, the axis it compresses, and unevenly (5 and 4 rows);
-the biases are 1-D. float64 throughout; Muon's Newton-Schulz in float64 too (in its default
-bfloat16 the sharded matmuls round differently from the whole ones). Rank 0 writes, per name,
-the largest weight difference and both aligned fractions of every step to ``argv[1]`` (JSON); the
-names to run may follow (default: all).
+the biases are 1-D. float64 throughout (Muon's Newton-Schulz in its default bfloat16). The
+low-rank names refresh their projections at steps 1 and 3. Rank 0 writes, per name, the largest
+weight difference, both aligned fractions of every step, the collectives of every step
+(CommDebugMode) and each rank's number of SVDs to ``argv[1]`` (JSON); the names to run may
+follow (default: all).
 """
+import contextlib
 import copy
 import json
 import math
@@ -33,8 +35,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.debug import CommDebugMode
 
 import zoo
+from zoo.optimizers import lowrank
 
 STEPS = 4
 
@@ -48,13 +52,29 @@ class Net(nn.Module):
         return self.mlp(x)
 
 
+@contextlib.contextmanager
+def counting_svds(calls: list):
+    """Record every SVD projection the low-rank optimizers take on this rank."""
+    original = lowrank.top_singular
+    lowrank.top_singular = lambda *args: calls.append(1) or original(*args)
+    try:
+        yield
+    finally:
+        lowrank.top_singular = original
+
+
+def all_ranks(value) -> list:
+    """``value`` of every rank, in rank order."""
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def settings(name: str, **more) -> dict:
     record = zoo.info(name)
     options = {"lr": 1e-2, **more}
     if record.low_rank and "rank" not in record.fixed:
         options["rank"] = 2
-    if "use_muon" in record.defaults:
-        options["ns_dtype"] = torch.float64
     return options
 
 
@@ -62,12 +82,17 @@ def build(name: str, model: nn.Module, **more):
     return zoo.get(name)(model.parameters(), **settings(name, **more))
 
 
-def train(model: nn.Module, optimizer, x, y, cautious: bool, steps: int = STEPS) -> list[float]:
+def train(model: nn.Module, optimizer, x, y, cautious: bool, steps: int = STEPS, comms: list | None = None):
+    """``steps`` steps; returns the aligned fraction after each (cautious names). ``comms`` gets,
+    per step, the collectives of ``optimizer.step()`` counted by CommDebugMode."""
     fractions = []
     for _ in range(steps):
         optimizer.zero_grad()
         ((model(x) - y) ** 2).mean().backward()
-        optimizer.step()
+        with CommDebugMode() as comm:
+            optimizer.step()
+        if comms is not None:
+            comms.append({str(op).split(".")[-1].rstrip("_"): n for op, n in comm.get_comm_counts().items()})
         if cautious:
             fractions.append(optimizer.aligned_fraction())
     return fractions
@@ -167,19 +192,23 @@ def main(out: str, names: list[str]) -> None:
         for layer in (sharded.mlp[0], sharded.mlp[2], sharded):
             fully_shard(layer, mesh=mesh)
         assert all(isinstance(p, DTensor) for p in sharded.parameters())
-        fractions = train(sharded, build(name, sharded), x, y, cautious)
+        more = {"update_proj_gap": 2} if zoo.info(name).low_rank else {}   # refreshes at steps 1 and 3
+        comms, svds = [], []
+        with counting_svds(svds):
+            fractions = train(sharded, build(name, sharded, **more), x, y, cautious, comms=comms)
         full = [p.full_tensor() for p in sharded.parameters()]
-        results[name] = {}
+        results[name] = {"collectives": comms, "svds": all_ranks(len(svds))}
         if rank == 0:
             initial = [p.detach().clone() for p in reference.parameters()]
-            expected = train(reference, build(name, reference), x, y, cautious)
+            expected = train(reference, build(name, reference, **more), x, y, cautious)
             results[name] |= {"difference": max((a - b).abs().max().item()
                                                for a, b in zip(full, reference.parameters())),
                              "moved": max((a - b).abs().max().item() for a, b in zip(full, initial)),
                              "fractions": fractions, "expected_fractions": expected}
     for name in names or zoo.names():
         results[name]["zero"] = zero(name)
-    results["apollo"]["zero_unindexed"] = zero("apollo", indexed=False)
+    if "apollo" in results:
+        results["apollo"]["zero_unindexed"] = zero("apollo", indexed=False)
     for name in names or zoo.names():
         path = Path(out).parent / "checkpoints" / name
         results[name]["resumed"] = resume_difference(name, mesh, path)

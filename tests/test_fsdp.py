@@ -60,3 +60,58 @@ def test_zero_without_parameter_indices_warns_and_draws_other_projections(result
     """Each rank's optimizer holds a subset sorted by size: positions are not one process's."""
     result = results["apollo"]["zero_unindexed"]
     assert result["warned"] and result["difference"] > 1e-3 and result["state_difference"] > 1e-3
+
+
+# Collectives of optimizer.step() (CommDebugMode), per step, on the worker's model: 2 weights,
+# one sharded along the axis the low-rank methods keep and one along the axis they compress,
+# and 2 biases. FSDP2's own all-gathers and reduce-scatters happen in forward and backward.
+TENSORS, MATRICES = 4, 2
+
+
+def collectives(results, name) -> list[dict]:
+    comms = results[name]["collectives"]
+    assert len(comms) == 4
+    return comms
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.names(cautious=False) if not zoo.info(n).low_rank
+                                  and n not in ("muon", "adafactor")])
+def test_element_wise_steps_communicate_nothing(results, name):
+    assert collectives(results, name) == [{}] * 4
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.names(cautious=True) if not zoo.info(n).low_rank])
+def test_caution_reduces_at_most_one_count_per_tensor(results, name):
+    """The mask's count over the whole tensor is the only collective caution adds."""
+    base = zoo.info(name).base
+    for step, (comm, plain) in enumerate(zip(collectives(results, name), collectives(results, base))):
+        added = {op: n - plain.get(op, 0) for op, n in comm.items() if n != plain.get(op, 0)}
+        assert set(added) <= {"all_reduce"} and added.get("all_reduce", 0) <= TENSORS, (step, comm, plain)
+
+
+@pytest.mark.parametrize("name", ["muon", "c-muon"])
+def test_muon_gathers_each_matrix_once_per_step(results, name):
+    """Newton-Schulz runs on the whole matrix, gathered once; each rank keeps its shard (before:
+    DTensor gathered inside every iteration's matmuls, 15 all-gathers and 12 all-reduces)."""
+    for comm in collectives(results, name):
+        assert comm.get("all_gather_into_tensor") == MATRICES and set(comm) <= {"all_gather_into_tensor", "all_reduce"}
+    assert "all_reduce" not in str(collectives(results, "muon"))
+
+
+@pytest.mark.parametrize("name", ["apollo-svd", "galore", "c-galore", "fira", "c-fira"])
+def test_svd_projections_are_taken_once_per_refresh_by_one_rank(results, name):
+    """Refresh steps (1 and 3) gather each gradient once, one rank takes its SVD and broadcasts
+    the projection; the other steps gather nothing."""
+    for step, comm in enumerate(collectives(results, name), start=1):
+        refresh = step in (1, 3)
+        assert comm.get("all_gather_into_tensor", 0) == (MATRICES if refresh else 0), (step, comm)
+        assert comm.get("broadcast", 0) == (MATRICES if refresh else 0), (step, comm)
+    assert results[name]["svds"] == [2, 2]   # 2 refreshes of 2 matrices, one SVD of each on one rank
+
+
+@pytest.mark.parametrize("name", ["apollo", "apollo-mini"])
+def test_random_projections_gather_nothing(results, name):
+    """The moments of the weight sharded along the kept axis are sharded as it is, so APOLLO
+    only reduces: the projected gradient of the other weight and the limiter's norms."""
+    for comm in collectives(results, name):
+        assert set(comm) == {"all_reduce"} and comm["all_reduce"] <= TENSORS, comm

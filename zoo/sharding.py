@@ -15,7 +15,8 @@ import sys
 import torch
 from torch import Tensor
 
-__all__ = ["is_dtensor", "replicated", "whole_norm", "global_sum", "index_parameters", "parameter_index"]
+__all__ = ["is_dtensor", "replicated", "as_shard", "placed_as", "zeros_along", "computed_once", "reduced", "global_sum",
+           "index_parameters", "parameter_index"]
 
 INDEX = "zoo_index"
 
@@ -35,13 +36,58 @@ def replicated(tensor: Tensor, like: Tensor) -> Tensor:
     return DTensor.from_local(tensor, like.device_mesh, [Replicate()] * like.device_mesh.ndim, run_check=False)
 
 
-def whole_norm(norm: Tensor) -> Tensor:
-    """A norm reduced over a sharded tensor (partial on each rank) made whole and replicated;
-    anything else unchanged."""
-    if not is_dtensor(norm):
-        return norm
+def as_shard(tensor: Tensor, like: Tensor) -> Tensor:
+    """``tensor``, whole and the same on every rank, as a DTensor placed as ``like`` (each rank
+    keeps its own shard: no communication)."""
+    return placed_as(replicated(tensor, like), like)
+
+
+def placed_as(tensor: Tensor, like: Tensor) -> Tensor:
+    """``tensor`` (of ``like``'s shape) laid out as ``like`` when both are DTensors: a replicated
+    one is sliced locally, so an operation with ``like`` never gathers ``like``."""
+    if not is_dtensor(tensor) or tensor.placements == like.placements:
+        return tensor
+    return tensor.redistribute(like.device_mesh, like.placements)
+
+
+def zeros_along(like: Tensor, shape) -> Tensor:
+    """Zeros of ``shape`` for the state of parameter ``like`` (a factor or a low-rank moment):
+    ``like.new_zeros(shape)``, and for a sharded ``like`` sharded as it is along every axis the
+    two shapes share (each rank holds the rows of its own rows), replicated along the others."""
+    if not is_dtensor(like):
+        return like.new_zeros(shape)
     from torch.distributed.tensor import Replicate
-    return norm.redistribute(placements=[Replicate()] * norm.device_mesh.ndim)
+    placements = [p if p.is_shard() and shape[p.dim] == like.shape[p.dim] else Replicate() for p in like.placements]
+    whole = replicated(torch.zeros(shape, dtype=like.dtype, device=like.to_local().device), like)
+    return whole.redistribute(like.device_mesh, placements)   # each rank keeps its slice: no communication
+
+
+def computed_once(fn, tensor: Tensor, owner: int, shape, dtype: torch.dtype) -> Tensor:
+    """``fn(tensor)`` (of ``shape`` and ``dtype``); for a DTensor sharded over a 1-D mesh the whole
+    tensor is gathered once, one rank (``owner`` modulo the ranks, so that a loop over parameters
+    spreads the work) computes it and broadcasts it, and every rank holds the same result bit for
+    bit, as a replicated DTensor. An SVD, for instance, is not repeated on every rank."""
+    if not is_dtensor(tensor):
+        return fn(tensor)
+    whole = tensor.full_tensor()
+    mesh = tensor.device_mesh
+    if mesh.ndim != 1:
+        return replicated(fn(whole), tensor)
+    import torch.distributed as dist
+    source = owner % mesh.size()
+    result = fn(whole) if mesh.get_local_rank() == source else torch.empty(shape, dtype=dtype, device=whole.device)
+    dist.broadcast(result, group=mesh.get_group(), group_src=source)
+    return replicated(result, tensor)
+
+
+def reduced(tensor: Tensor) -> Tensor:
+    """A DTensor holding partial sums (a reduction or a product over a sharded axis) reduced
+    once, its shards kept; anything else unchanged. Reduce before a value is used several times:
+    each use of a partial DTensor would reduce it again."""
+    if not is_dtensor(tensor) or not any(p.is_partial() for p in tensor.placements):
+        return tensor
+    from torch.distributed.tensor import Replicate
+    return tensor.redistribute(tensor.device_mesh, [Replicate() if p.is_partial() else p for p in tensor.placements])
 
 
 def global_sum(counts: list[Tensor]) -> float:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..caution import add_update
+from ..sharding import zeros_along
 from .base import ZooOptimizer, as_float, check_range
 
 __all__ = ["Adafactor", "adafactor"]
@@ -50,7 +51,8 @@ def adafactor(params: list[Tensor], grads: list[Tensor], states: list[dict], *, 
             row_var.lerp_(torch.norm(grad, dim=-1, keepdim=True).square().div_(grad.size(-1)), one_minus_beta2)
             col_var.lerp_(torch.norm(grad, dim=-2, keepdim=True).square().div_(grad.size(-2)), one_minus_beta2)
             var_estimate = row_var @ col_var
-            var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1_p))
+            # clamp out of place: sharded (FSDP2), the mean is a partial sum until it is read
+            var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp(min=eps1_p))
         else:
             state["variance"].lerp_(grad * grad, one_minus_beta2)
             var_estimate = state["variance"].clone()
@@ -112,8 +114,8 @@ class Adafactor(ZooOptimizer):
     @staticmethod
     def _init_factors(p, state):
         if p.dim() > 1:
-            state["row_var"] = p.new_zeros(p.shape[:-1] + (1,))
-            state["col_var"] = p.new_zeros(p.shape[:-2] + (1, p.shape[-1]))
+            state["row_var"] = zeros_along(p, p.shape[:-1] + (1,))
+            state["col_var"] = zeros_along(p, p.shape[:-2] + (1, p.shape[-1]))
         else:
             state["variance"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 

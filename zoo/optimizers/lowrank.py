@@ -44,7 +44,7 @@ from torch import Tensor
 from ..caution import add_update
 from ..projection import (channel_norm, effective_rank, gaussian, project, project_back,
                           next_seed, rows_kept, top_singular)
-from ..sharding import is_dtensor, parameter_index, replicated, whole_norm
+from ..sharding import computed_once, is_dtensor, parameter_index, placed_as, reduced, replicated, zeros_along
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
 
 __all__ = ["Apollo", "GaLore", "Fira", "lowrank_adamw"]
@@ -57,11 +57,14 @@ def _norm_dtype(param: Tensor) -> torch.dtype:
     return torch.promote_types(param.dtype, torch.float32)
 
 
-def _projection(grad: Tensor, state: dict, step: int, group: dict) -> Tensor:
+def _projection(grad: Tensor, state: dict, step: int, group: dict, turn: int) -> Tensor:
     refresh = (step - 1) % group["update_proj_gap"] == 0
     if group["proj"] == "svd":
-        if refresh:
-            state["projection"] = top_singular(grad, group["rank"])
+        if refresh:   # sharded (FSDP2): one rank per matrix, the ranks in turn, takes the SVD
+            r = effective_rank(grad.shape, group["rank"])
+            shape = (r, grad.shape[1] if rows_kept(grad.shape) else grad.shape[0])
+            state["projection"] = computed_once(lambda whole: top_singular(whole, group["rank"]), grad, turn,
+                                                shape, grad.dtype)
         return state["projection"]
     if group["store_projection"] and not refresh:
         return state["projection"]
@@ -78,7 +81,7 @@ def _limit(norm: Tensor, state: dict, step: int, gamma: float | None):
     step); the state keeps the limited norm ``norm / f``."""
     if gamma is None:
         return 1.0
-    norm = whole_norm(norm)   # sharded (FSDP2): the norm of the whole update, on every rank
+    norm = reduced(norm)   # sharded (FSDP2): the norm of the whole update, on every rank
     factor = 1.0
     if step > 1:
         previous = state["update_norm"]
@@ -99,7 +102,8 @@ def _scaling(low: Tensor, proj_grad: Tensor, shape, channel: bool) -> Tensor:
     """||N_j|| / (||R_j|| + 1e-8) per channel, or one factor for the whole tensor."""
     if channel:
         return channel_norm(low, shape) / (channel_norm(proj_grad, shape) + SCALE_EPS)
-    return _norm(low) / (_norm(proj_grad) + SCALE_EPS)
+    norms = reduced(torch.stack([_norm(low), _norm(proj_grad)]))   # sharded: both summed in one all-reduce
+    return norms[0] / (norms[1] + SCALE_EPS)
 
 
 def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict], group: dict, *,
@@ -107,12 +111,14 @@ def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict],
     """Functional core; ``method`` is "apollo", "galore" or "fira"; hyper-parameters from ``group``."""
     lr, weight_decay = as_float(group["lr"]), group["weight_decay"]
     beta1, beta2 = group["betas"]
+    matrices = 0   # low-rank matrices so far: sharded, their SVDs go to the ranks in turn
     for param, grad, state in zip(params, grads, states):
         step = state["step"]
         low_rank = group["rank"] is not None and param.dim() == 2
         if low_rank:
-            proj = _projection(grad, state, step, group)
-            proj_grad = project(grad, proj)
+            proj = _projection(grad, state, step, group, matrices)
+            matrices += 1
+            proj_grad = reduced(project(grad, proj))   # sharded along the compressed axis: summed once
         else:
             proj_grad = grad
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
@@ -128,10 +134,10 @@ def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict],
             factor = _limit(norm, state, step, group["norm_growth_limit"])
             update = None
             multiplier = scaling * math.sqrt(group["scale"]) / factor
-        else:
-            update = project_back(normed, proj, grad.shape).mul_(group["scale"])
+        else:   # back-projections laid out as the gradient (sharded: each rank its slice, no gather)
+            update = placed_as(project_back(normed, proj, grad.shape), grad).mul_(group["scale"])
             if method == "fira":
-                residual = grad - project_back(proj_grad, proj, grad.shape).mul_(group["scale"])
+                residual = grad - placed_as(project_back(proj_grad, proj, grad.shape), grad).mul_(group["scale"])
                 residual.mul_(_scaling(normed, proj_grad, grad.shape, channel=True))
                 update.add_(residual.div_(_limit(_norm(residual), state, step, group["norm_growth_limit"])))
         step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
@@ -188,8 +194,8 @@ class _LowRankAdamW(ZooOptimizer):
                 state["seed"] = torch.tensor(group["seed"] + self._index(p), dtype=torch.int64)
             if group["norm_growth_limit"] is not None and self.method != "galore":
                 state["update_norm"] = replicated(torch.zeros((), dtype=_norm_dtype(p), device=p.device), p)
-        state["exp_avg"] = p.new_zeros(shape)
-        state["exp_avg_sq"] = p.new_zeros(shape)
+        state["exp_avg"] = zeros_along(p, shape)
+        state["exp_avg_sq"] = zeros_along(p, shape)
 
     def _index(self, p: Tensor) -> int:
         """The 1-based index that seeds ``p``'s projection, as the reference: the one

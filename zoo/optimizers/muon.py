@@ -9,9 +9,10 @@ For a matrix parameter (2-D, or a higher-rank tensor flattened to ``(shape[0], -
     p <- p - lr * adjust(shape) * O
     adjust = sqrt(max(1, A / B))  ("original")   or   0.2 * sqrt(max(A, B))  ("match_rms_adamw")
 
-as torch.optim.Muon. The cautious twin masks U *before* orthogonalisation with the mask
-1[B * g > 0] of the updated momentum buffer, as the reference code (C-Optim ``c_muon.py``)
-does (PAPERS.md §A.1); the decay is not masked.
+as torch.optim.Muon. A matrix sharded by FSDP2 is gathered once per step (one all-gather),
+orthogonalised whole on every rank, and each rank keeps its shard of O. The cautious twin
+masks U *before* orthogonalisation with the mask 1[B * g > 0] of the updated momentum buffer,
+as the reference code (C-Optim ``c_muon.py``) does (PAPERS.md §A.1); the decay is not masked.
 
 Parameters that are not matrices, and every parameter of a group with ``use_muon=False``
 (:func:`zoo.create` sets it on the biases, norms and embeddings; an output head must be put in
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..caution import caution as cautious
+from ..sharding import as_shard, is_dtensor
 from .adam import adam
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
 
@@ -68,7 +70,10 @@ def muon(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tenso
         if caution:
             update = cautious(update, grad, caution_norm, counts, sign_of=buf)
         matrix = update.reshape(update.shape[0], -1)
-        ortho = newton_schulz(matrix, ns_steps, ns_coefficients, eps, ns_dtype).view(param.shape)
+        # sharded (FSDP2): gathered once, orthogonalised whole on every rank, each keeps its shard
+        whole = matrix.full_tensor() if is_dtensor(matrix) else matrix
+        ortho = newton_schulz(whole, ns_steps, ns_coefficients, eps, ns_dtype).view(param.shape)
+        ortho = ortho if whole is matrix else as_shard(ortho, param)
         param.mul_(1 - lr * weight_decay)
         param.add_(ortho, alpha=-_adjusted_lr(lr, adjust_lr_fn, *matrix.shape))
 
