@@ -176,7 +176,7 @@ def test_limiter_caps_norm_growth_at_gamma():
     state = {"update_norm": torch.zeros((), dtype=torch.float64)}
     out = []
     for t, norm in enumerate([1.0, 3.0, 9.0, 1.0, 1.0], start=1):
-        out.append(norm / float(_limit(torch.tensor(norm, dtype=torch.float64), state, t, 1.01)))
+        out.append(norm / float(_limit(torch.tensor(norm, dtype=torch.float64), state["update_norm"], t == 1, 1.01)))
     # first step records; growth is capped at 1.01x the previous (limited) norm; shrinking passes
     expected = [1.0, 1.01, 1.01**2, 1.0, 1.0]
     assert out == pytest.approx(expected, rel=1e-7)

@@ -34,7 +34,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-__all__ = ["caution", "caution_mask", "add_update", "check_norm", "MEAN_CLAMP"]
+__all__ = ["caution", "caution_mask", "mask_and_count", "check_norm", "MEAN_CLAMP"]
 
 MEAN_CLAMP = 1e-3
 """Lower clamp of mean(mask) in the "mean" normalisation."""
@@ -66,27 +66,32 @@ def caution_mask(update: Tensor, grad: Tensor, norm="mean", counts: list | None 
     ``update``) is the tensor whose agreement with ``grad`` builds the mask, for an optimizer
     whose reference masks one tensor by the signs of another (Muon: the momentum buffer's).
     When ``counts`` is a list, ``(number of aligned coordinates as a 0-d tensor, numel)`` is
-    appended to it, without a device synchronisation.
+    appended to it, without a device synchronisation (:func:`mask_and_count` returns it).
     """
+    phi, count = mask_and_count(update, grad, norm, sign_of=sign_of)
+    if counts is not None:
+        counts.append((count, update.numel()))
+    return phi
+
+
+def mask_and_count(update: Tensor, grad: Tensor, norm="mean", *, sign_of: Tensor | None = None):
+    """``(phi, count)``: :func:`caution_mask` and the number of coordinates it keeps (nonzero
+    for a callable), a 0-d tensor counted in float64 for float64 tensors, else float32 (exact
+    below 2^24 per tensor)."""
+    kind = torch.promote_types(update.dtype, torch.float32)
     if callable(norm):   # a fresh tensor: the callable may return a view or a broadcast
         phi = torch.empty_like(update).copy_(norm(update, grad))
-        if counts is not None:
-            counts.append(((phi != 0).sum(dtype=torch.promote_types(update.dtype, torch.float32)), update.numel()))
-        return phi
+        return phi, (phi != 0).sum(dtype=kind)
     # one temporary, reused in place: sign(u) * g (exact, unlike u * g, which can underflow to 0
     # in low precision), then the 0/1 mask, then phi
     phi = torch.sign(update if sign_of is None else sign_of).mul_(grad).gt_(0)
     n = update.numel()
-    if counts is not None or isinstance(norm, str):
-        # counted in float64 for float64 tensors, else float32 (exact below 2^24 per tensor)
-        nnz = phi.sum(dtype=torch.promote_types(update.dtype, torch.float32))
-        if counts is not None:
-            counts.append((nnz, n))
+    count = phi.sum(dtype=kind)
     if norm == "mean":
-        return phi.mul_(n / nnz.clamp(min=MEAN_CLAMP * n))
+        return phi.mul_(n / count.clamp(min=MEAN_CLAMP * n)), count
     if norm == "paper":
-        return phi.mul_(n / (nnz + 1))
-    return phi.mul_(1 + norm).sub_(norm)
+        return phi.mul_(n / (count + 1)), count
+    return phi.mul_(1 + norm).sub_(norm), count
 
 
 def caution(update: Tensor, grad: Tensor, norm="mean", counts: list | None = None, *,
@@ -94,12 +99,3 @@ def caution(update: Tensor, grad: Tensor, norm="mean", counts: list | None = Non
     """The cautious version of ``update``: ``caution_mask(...) * update`` (a new tensor; the
     inputs are not modified). Arguments as :func:`caution_mask`."""
     return caution_mask(update, grad, norm, counts, sign_of=sign_of).mul_(update)
-
-
-def add_update(param: Tensor, update: Tensor, grad: Tensor, alpha: float, caution: bool = False,
-               caution_norm="mean", counts: list | None = None) -> None:
-    """``param += alpha * update``, cautious when ``caution`` (the mask fused into one addcmul)."""
-    if caution:
-        param.addcmul_(caution_mask(update, grad, caution_norm, counts), update, value=alpha)
-    else:
-        param.add_(update, alpha=alpha)

@@ -25,45 +25,38 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..caution import add_update
 from ..sharding import zeros_along
 from .base import ZooOptimizer, as_float, check_range
+from .blocks import apply_, decay_
 
-__all__ = ["Adafactor", "adafactor"]
+__all__ = ["Adafactor", "adafactor_step"]
 
 
-def adafactor(params: list[Tensor], grads: list[Tensor], states: list[dict], *, lr: float,
-              beta1: float | None, beta2_decay: float, eps1: float | None, eps2: float, d: float,
-              weight_decay: float, caution: bool = False, caution_norm="mean", counts=None) -> None:
-    """Functional core; ``states`` hold ``step`` and ``row_var``/``col_var`` or ``variance``
-    (and ``exp_avg`` when ``beta1`` is set)."""
-    for param, grad, state in zip(params, grads, states):
-        step = state["step"]
-        eps1_p = torch.finfo(param.dtype).eps if eps1 is None else eps1
-        one_minus_beta2 = step**beta2_decay
-        rho = min(lr, 1 / step**0.5)
-        # alpha = max(eps2, RMS(p)) * rho, in float64 for every dtype, as torch's Python floats
-        alpha = (param.norm(2).double() / param.numel() ** 0.5).clamp_(min=eps2).mul_(rho)
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-        if grad.dim() > 1:
-            row_var, col_var = state["row_var"], state["col_var"]
-            row_var.lerp_(torch.norm(grad, dim=-1, keepdim=True).square().div_(grad.size(-1)), one_minus_beta2)
-            col_var.lerp_(torch.norm(grad, dim=-2, keepdim=True).square().div_(grad.size(-2)), one_minus_beta2)
-            var_estimate = row_var @ col_var
-            # clamp out of place: sharded (FSDP2), the mean is a partial sum until it is read
-            var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp(min=eps1_p))
-        else:
-            state["variance"].lerp_(grad * grad, one_minus_beta2)
-            var_estimate = state["variance"].clone()
-        update = var_estimate.clamp_(min=eps1_p * eps1_p).rsqrt_().mul_(grad)
-        clip = (update.norm(2).double() / (update.numel() ** 0.5 * d)).clamp_(min=1.0)
-        if beta1 is None:
-            param.sub_(update.mul_(alpha / clip))
-            continue
-        exp_avg = state["exp_avg"]
-        exp_avg.mul_(beta1).add_(update.mul_((1 - beta1) * alpha / clip))
-        add_update(param, exp_avg, grad, -1.0, caution, caution_norm, counts)
+def adafactor_step(param: Tensor, grad: Tensor, row_var: Tensor | None, col_var: Tensor | None,
+                   variance: Tensor | None, exp_avg: Tensor | None, *, lr, rho, one_minus_beta2,
+                   beta1: float | None, eps1: float, eps2: float, d: float, weight_decay: float, caution: bool,
+                   caution_norm) -> Tensor | None:
+    """One tensor's step: ``row_var``/``col_var`` for a matrix, ``variance`` for a vector,
+    ``exp_avg`` with ``beta1``; the caller gives rho = min(lr, 1/sqrt(t)) and 1 - beta2_t = t^c."""
+    # alpha = max(eps2, RMS(p)) * rho, in float64 for every dtype, as torch's Python floats
+    alpha = (param.norm(2).double() / param.numel() ** 0.5).clamp_(min=eps2).mul_(rho)
+    decay_(param, lr, weight_decay)
+    if row_var is not None:
+        row_var.lerp_(torch.norm(grad, dim=-1, keepdim=True).square().div_(grad.size(-1)), one_minus_beta2)
+        col_var.lerp_(torch.norm(grad, dim=-2, keepdim=True).square().div_(grad.size(-2)), one_minus_beta2)
+        var_estimate = row_var @ col_var
+        # clamp out of place: sharded (FSDP2), the mean is a partial sum until it is read
+        var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp(min=eps1))
+    else:
+        variance.lerp_(grad * grad, one_minus_beta2)
+        var_estimate = variance.clone()
+    update = var_estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(grad)
+    clip = (update.norm(2).double() / (update.numel() ** 0.5 * d)).clamp_(min=1.0)
+    if beta1 is None:
+        param.sub_(update.mul_(alpha / clip))
+        return None
+    exp_avg.mul_(beta1).add_(update.mul_((1 - beta1) * alpha / clip))
+    return apply_(param, exp_avg, grad, -1.0, caution, caution_norm)
 
 
 class Adafactor(ZooOptimizer):
@@ -78,10 +71,10 @@ class Adafactor(ZooOptimizer):
     def __init__(self, params, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
                  weight_decay: float = 0.0, beta1: float | None = None, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean"):
+                 caution: bool = False, caution_norm="mean", compile=False):
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
                         beta1=beta1, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _validate(self, group):
         check_range("beta2_decay", group["beta2_decay"], -1.0, 0.0)
@@ -125,6 +118,11 @@ class Adafactor(ZooOptimizer):
             if group["beta1"] is not None and "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         eps1, eps2 = group["eps"]
-        adafactor(params, self._grads(group, params), states, lr=as_float(group["lr"]),
-                  beta1=group["beta1"], beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2,
-                  d=group["d"], weight_decay=group["weight_decay"], **self._caution_args(group))
+        lr = as_float(group["lr"])
+        for param, grad, state in zip(params, self._grads(group, params), states):
+            step = state["step"]
+            self._run(adafactor_step, param, grad, state.get("row_var"), state.get("col_var"), state.get("variance"),
+                      state.get("exp_avg"), scalars=dict(lr=lr, rho=min(lr, 1 / step**0.5),
+                                                         one_minus_beta2=step ** group["beta2_decay"]),
+                      beta1=group["beta1"], eps1=torch.finfo(param.dtype).eps if eps1 is None else eps1, eps2=eps2,
+                      d=group["d"], weight_decay=group["weight_decay"], **self._caution_settings(group))

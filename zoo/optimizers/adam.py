@@ -25,35 +25,23 @@ from torch import Tensor
 
 from ..caution import caution as cautious
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
+from .blocks import add_, addcdiv_, apply_, bias_correction, decay_, ema_, ema_sq_, l2
 
-__all__ = ["Adam", "AdamW", "NAdamW", "adam", "nadamw"]
+__all__ = ["Adam", "AdamW", "NAdamW", "adam_step", "nadamw_step"]
 
 
-def adam(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-         steps: list[int], *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-         decoupled: bool, caution: bool = False, caution_norm="mean", counts=None,
-         foreach: bool = False, fused: bool = False) -> None:
-    """Functional core of Adam (``decoupled=False``) and AdamW (``decoupled=True``)."""
-    if fused:
-        if caution:
-            raise ValueError("fused=True has no cautious kernel; use foreach or the for-loop")
-        return _adam_fused(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1,
-                           beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
-    if foreach:
-        return _adam_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1,
-                             beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
-                             caution=caution, caution_norm=caution_norm, counts=counts)
-    for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-        if weight_decay != 0:
-            if decoupled:
-                param.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad.add(param, alpha=weight_decay)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = exp_avg_sq.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
-        numer = cautious(exp_avg, grad, caution_norm, counts) if caution else exp_avg
-        param.addcdiv_(numer, denom, value=-lr / (1 - beta1**step))
+def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, lr, bias_correction1,
+              bias_correction2_sqrt, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
+              caution: bool, caution_norm) -> Tensor | None:
+    """One tensor's step of Adam (``decoupled=False``) or AdamW (``decoupled=True``)."""
+    if decoupled:
+        decay_(param, lr, weight_decay)
+    else:
+        grad = l2(grad, param, weight_decay)
+    ema_(exp_avg, grad, beta1)
+    ema_sq_(exp_avg_sq, grad, beta2)
+    denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+    return apply_(param, exp_avg, grad, -lr / bias_correction1, caution, caution_norm, denom=denom)
 
 
 def _adam_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay,
@@ -91,32 +79,35 @@ def _adam_fused(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2
                grad_scale=None, found_inf=None)
 
 
-def nadamw(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-           mu_products: list[float], steps: list[int], *, lr: float, beta1: float, beta2: float,
-           eps: float, weight_decay: float, momentum_decay: float, caution: bool = False,
-           caution_norm="mean", counts=None) -> list[float]:
-    """Functional core of NAdamW; returns the updated momentum products."""
-    new_products = []
-    for param, grad, exp_avg, exp_avg_sq, mu_product, step in zip(
-            params, grads, exp_avgs, exp_avg_sqs, mu_products, steps):
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-        mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
-        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
-        mu_product *= mu
-        new_products.append(mu_product)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = exp_avg_sq.div(1 - beta2**step).sqrt_().add_(eps)
-        grad_coef = (1.0 - mu) / (1.0 - mu_product)
-        avg_coef = mu_next / (1.0 - mu_product * mu_next)
-        if caution:
-            direction = grad.mul(grad_coef).add_(exp_avg, alpha=avg_coef)
-            param.addcdiv_(cautious(direction, grad, caution_norm, counts), denom, value=-lr)
-        else:
-            param.addcdiv_(grad, denom, value=-lr * grad_coef)
-            param.addcdiv_(exp_avg, denom, value=-lr * avg_coef)
-    return new_products
+def nadamw_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, lr, bias_correction2,
+                grad_coef, avg_coef, beta1: float, beta2: float, eps: float, weight_decay: float, caution: bool,
+                caution_norm) -> Tensor | None:
+    """One tensor's step of NAdamW; the momentum coefficients come from the caller."""
+    decay_(param, lr, weight_decay)
+    ema_(exp_avg, grad, beta1)
+    ema_sq_(exp_avg_sq, grad, beta2)
+    denom = exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)
+    if caution:
+        direction = add_(grad.mul(grad_coef), exp_avg, avg_coef)
+        return apply_(param, direction, grad, -lr, caution, caution_norm, denom=denom)
+    addcdiv_(param, grad, denom, -lr * grad_coef)
+    addcdiv_(param, exp_avg, denom, -lr * avg_coef)
+    return None
+
+
+def adam_steps(optimizer: ZooOptimizer, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict],
+               *, lr_ratio: float = 1.0, betas: str = "betas", eps: str = "eps", decoupled: bool | None = None):
+    """:func:`adam_step` for each tensor of ``group`` (Muon's AdamW passes its own settings' names)."""
+    beta1, beta2 = group[betas]
+    lr = as_float(group["lr"]) * lr_ratio
+    decoupled = optimizer.decoupled if decoupled is None else decoupled
+    for param, grad, state in zip(params, grads, states):
+        step = state["step"]
+        optimizer._run(adam_step, param, grad, state["exp_avg"], state["exp_avg_sq"],
+                       scalars=dict(lr=lr, bias_correction1=bias_correction(beta1, step),
+                                    bias_correction2_sqrt=math.sqrt(bias_correction(beta2, step))),
+                       beta1=beta1, beta2=beta2, eps=group[eps], weight_decay=group["weight_decay"],
+                       decoupled=decoupled, **optimizer._caution_settings(group))
 
 
 class _AdaptiveBase(ZooOptimizer):
@@ -139,8 +130,9 @@ class _Decoupling(_AdaptiveBase):
     defining_settings = ("caution", "decoupled_weight_decay")
     torch_settings = {"capturable": None, "differentiable": (False,)}
 
-    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
-        super().__init__(params, dict(defaults, decoupled_weight_decay=self.decoupled), caution, caution_norm)
+    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean", compile=False):
+        super().__init__(params, dict(defaults, decoupled_weight_decay=self.decoupled), caution, caution_norm,
+                         compile)
 
     def _validate(self, group):
         super()._validate(group)
@@ -158,10 +150,10 @@ class Adam(_Decoupling):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
                  foreach: bool | None = None, fused: bool = False, caution: bool = False,
-                 caution_norm="mean"):
+                 caution_norm="mean", compile=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, fused=fused)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _validate(self, group):
         super()._validate(group)
@@ -172,15 +164,24 @@ class Adam(_Decoupling):
         if group["fused"] and group["caution"]:
             raise ValueError("Invalid fused: torch's fused Adam kernel has no cautious mask; "
                              "use fused=False (foreach or the for-loop)")
+        if self.compile and group["fused"]:
+            raise ValueError("Invalid fused: compile compiles the per-tensor step; pass fused=False (or "
+                             "compile=False for torch's fused kernel)")
 
     def _update_group(self, group, params):
         states = self._states(params, "exp_avg", "exp_avg_sq")
+        grads = self._grads(group, params)
         beta1, beta2 = group["betas"]
-        adam(params, self._grads(group, params), [s["exp_avg"] for s in states],
-             [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
-             lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-             weight_decay=group["weight_decay"], decoupled=self.decoupled,
-             foreach=self._foreach(group, params), fused=bool(group["fused"]), **self._caution_args(group))
+        lr = as_float(group["lr"])
+        lists = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
+        settings = dict(beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                        decoupled=self.decoupled)
+        if group["fused"]:
+            return _adam_fused(params, grads, *lists, lr=lr, **settings)
+        if not self.compile and self._foreach(group, params):
+            return _adam_foreach(params, grads, *lists, lr=lr, **settings, **self._caution_settings(group),
+                                 counts=self._aligned_counts if group["caution"] else None)
+        adam_steps(self, group, params, grads, states)
 
 
 class AdamW(Adam):
@@ -191,9 +192,9 @@ class AdamW(Adam):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
                  foreach: bool | None = None, fused: bool = False, caution: bool = False,
-                 caution_norm="mean"):
+                 caution_norm="mean", compile=False):
         super().__init__(params, lr, betas, eps, weight_decay, maximize=maximize, foreach=foreach,
-                         fused=fused, caution=caution, caution_norm=caution_norm)
+                         fused=fused, caution=caution, caution_norm=caution_norm, compile=compile)
 
 
 class NAdamW(_Decoupling):
@@ -206,10 +207,10 @@ class NAdamW(_Decoupling):
 
     def __init__(self, params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, momentum_decay: float = 4e-3, *,
-                 maximize: bool = False, caution: bool = False, caution_norm="mean"):
+                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _validate(self, group):
         super()._validate(group)
@@ -218,11 +219,14 @@ class NAdamW(_Decoupling):
     def _update_group(self, group, params):
         states = self._states(params, "exp_avg", "exp_avg_sq")
         beta1, beta2 = group["betas"]
-        products = nadamw(
-            params, self._grads(group, params), [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states], [s.get("mu_product", 1.0) for s in states],
-            [s["step"] for s in states], lr=as_float(group["lr"]), beta1=beta1, beta2=beta2,
-            eps=group["eps"], weight_decay=group["weight_decay"],
-            momentum_decay=group["momentum_decay"], **self._caution_args(group))
-        for state, product in zip(states, products):
-            state["mu_product"] = product
+        lr, psi = as_float(group["lr"]), group["momentum_decay"]
+        for param, grad, state in zip(params, self._grads(group, params), states):
+            step = state["step"]
+            mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * psi))
+            mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * psi))
+            product = state["mu_product"] = state.get("mu_product", 1.0) * mu
+            self._run(nadamw_step, param, grad, state["exp_avg"], state["exp_avg_sq"],
+                      scalars=dict(lr=lr, bias_correction2=bias_correction(beta2, step),
+                                   grad_coef=(1.0 - mu) / (1.0 - product), avg_coef=mu_next / (1.0 - product * mu_next)),
+                      beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                      **self._caution_settings(group))

@@ -17,34 +17,33 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..caution import add_update
 from .adam import _AdaptiveBase
-from .base import as_float, carry_nonfinite, check_bool, check_range
+from .base import as_float, check_bool, check_range
+from .blocks import apply_, carry_nonfinite, decay_, ema_, ema_sq_, l2
 
-__all__ = ["ADOPT", "adopt"]
+__all__ = ["ADOPT", "adopt_step"]
 
 
-def adopt(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-          steps: list[int], *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-          decoupled: bool, clip_exp: float | None, caution: bool = False, caution_norm="mean",
-          counts=None) -> None:
-    """Functional core of ADOPT."""
-    for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-        if weight_decay != 0 and not decoupled:
-            grad = grad.add(param, alpha=weight_decay)
-        if step == 1:
-            exp_avg_sq.addcmul_(grad, grad)
-            carry_nonfinite(param, grad)   # no update, but a non-finite gradient still shows in the weight
-            continue
-        if weight_decay != 0 and decoupled:
-            param.mul_(1 - lr * weight_decay)
-        normed = grad / exp_avg_sq.sqrt().clamp_(min=eps)
-        if clip_exp is not None:
-            clip = (step - 1) ** clip_exp
-            carry_nonfinite(normed.clamp_(-clip, clip), grad)   # a clipped infinity stays visible
-        exp_avg.lerp_(normed, 1 - beta1)
-        add_update(param, exp_avg, grad, -lr, caution, caution_norm, counts)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+def adopt_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, lr, clip, beta1: float,
+               beta2: float, eps: float, weight_decay: float, decoupled: bool, first: bool, caution: bool,
+               caution_norm) -> Tensor | None:
+    """One tensor's step; ``first``: the first call, which only records ``v``; ``clip``: the
+    bound (k - 1)^clip_exp, or None."""
+    if not decoupled:
+        grad = l2(grad, param, weight_decay)
+    if first:
+        exp_avg_sq.addcmul_(grad, grad)
+        carry_nonfinite(param, grad)   # no update, but a non-finite gradient still shows in the weight
+        return None
+    if decoupled:
+        decay_(param, lr, weight_decay)
+    normed = grad / exp_avg_sq.sqrt().clamp_(min=eps)
+    if clip is not None:
+        carry_nonfinite(normed.clamp_(-clip, clip), grad)   # a clipped infinity stays visible
+    ema_(exp_avg, normed, beta1)
+    count = apply_(param, exp_avg, grad, -lr, caution, caution_norm)
+    ema_sq_(exp_avg_sq, grad, beta2)
+    return count
 
 
 class ADOPT(_AdaptiveBase):
@@ -53,10 +52,10 @@ class ADOPT(_AdaptiveBase):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.9999),
                  eps: float = 1e-6, weight_decay: float = 0.0, decoupled: bool = False,
                  clip_exp: float | None = 0.25, *, maximize: bool = False, caution: bool = False,
-                 caution_norm="mean"):
+                 caution_norm="mean", compile=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
                         clip_exp=clip_exp, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _validate(self, group):
         super()._validate(group)
@@ -68,8 +67,11 @@ class ADOPT(_AdaptiveBase):
     def _update_group(self, group, params):
         states = self._states(params, "exp_avg", "exp_avg_sq")
         beta1, beta2 = group["betas"]
-        adopt(params, self._grads(group, params), [s["exp_avg"] for s in states],
-              [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
-              lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-              weight_decay=group["weight_decay"], decoupled=group["decoupled"],
-              clip_exp=group["clip_exp"], **self._caution_args(group))
+        clip_exp = group["clip_exp"]
+        for param, grad, state in zip(params, self._grads(group, params), states):
+            step = state["step"]
+            clip = None if clip_exp is None or step == 1 else (step - 1) ** clip_exp
+            self._run(adopt_step, param, grad, state["exp_avg"], state["exp_avg_sq"],
+                      scalars={"lr": as_float(group["lr"]), "clip": clip}, beta1=beta1, beta2=beta2,
+                      eps=group["eps"], weight_decay=group["weight_decay"], decoupled=group["decoupled"],
+                      first=step == 1, **self._caution_settings(group))

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
+import types
+import warnings
 from numbers import Real
 
 import torch
@@ -33,8 +36,13 @@ from torch.optim import Optimizer
 from ..caution import check_norm
 from ..quantized import ROUNDING_KEY, QuantizedWeight, working_copy
 from ..sharding import global_sum, is_dtensor
+from .blocks import carry_nonfinite  # noqa: F401  (where it was)
 
-__all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool", "carry_nonfinite", "STATE_MARKER"]
+COMPILE = (False, True, "auto")
+"""Values of ``compile``: eager steps, compiled steps (an error where compiling fails), or
+compiled steps that fall back to eager with a warning where compiling fails."""
+
+__all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool", "STATE_MARKER", "COMPILE"]
 
 STATE_MARKER = "zoo_optimizer"
 """Key that :meth:`ZooOptimizer.state_dict` adds to each saved param group: the class that saved it."""
@@ -67,12 +75,6 @@ def check_betas(name: str, betas, count: int = 2) -> None:
         raise ValueError(f"Invalid {name}: {betas!r}; expected a tuple of {count} numbers in [0, 1)")
     for i, beta in enumerate(betas):
         check_range(f"{name}[{i}]", beta, 0.0, 1.0, high_open=True)
-
-
-def carry_nonfinite(update: Tensor, grad: Tensor) -> Tensor:
-    """``update + 0 * grad`` in place: NaN where ``grad`` is NaN or infinite, ``update`` elsewhere
-    (for updates that would hide a non-finite gradient: a sign, a clip)."""
-    return update.add_(grad, alpha=0)
 
 
 def _known_settings() -> set[str]:
@@ -108,7 +110,12 @@ class ZooOptimizer(Optimizer):
     per_layer = None
     """The :class:`zoo.layerwise.PerLayer` hooks when the parameters are updated inside backward."""
 
-    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean"):
+    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean", compile=False):
+        if not any(compile is value for value in COMPILE):
+            raise ValueError(f"Invalid compile: {compile!r}; allowed False, True, 'auto'")
+        self.compile = compile
+        """Whether each tensor's step runs through torch.compile (not a group setting: a state
+        dict saved by a compiled optimizer loads into an eager one and back)."""
         super().__init__(params, dict(defaults, caution=caution, caution_norm=caution_norm))
         self._aligned_counts: list = []
         self._owners: dict = {}   # working copy -> quantized weight, during a step
@@ -117,6 +124,7 @@ class ZooOptimizer(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_aligned_counts", [])
         self.__dict__.setdefault("_owners", {})
+        self.__dict__.setdefault("compile", False)
 
     # -- validation -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -142,6 +150,9 @@ class ZooOptimizer(Optimizer):
         check_bool("maximize", group["maximize"])
         if "foreach" in group and group["foreach"] is not None:
             check_bool("foreach", group["foreach"])
+            if group["foreach"] and self.compile:
+                raise ValueError("Invalid foreach: compile compiles the per-tensor step; pass foreach=None (or "
+                                 "compile=False for the multi-tensor kernels)")
         check_bool("caution", group["caution"])
         check_norm(group["caution_norm"])
         self._validate(group)
@@ -328,10 +339,34 @@ class ZooOptimizer(Optimizer):
             return [-p.grad for p in params]
         return [p.grad for p in params]
 
-    def _caution_args(self, group: dict) -> dict:
-        """Keyword arguments that pass the group's caution settings to a functional core."""
-        return {"caution": group["caution"], "caution_norm": group["caution_norm"],
-                "counts": self._aligned_counts if group["caution"] else None}
+    def _run(self, fn, param: Tensor, *tensors, scalars: dict, **settings) -> None:
+        """``fn(param, *tensors, **scalars, **settings)``, one tensor's step built from
+        :mod:`zoo.optimizers.blocks`, and its cautious count recorded. With ``compile`` the
+        compiled ``fn`` (shared by all optimizers, see :func:`compiled`) gets the
+        ``scalars`` (learning rate, bias corrections: what changes between steps) as 0-d float64
+        tensors on the parameter's device, so it never recompiles for them; ``settings`` are
+        constants of the group."""
+        if self.compile:
+            try:
+                count = _compiled_run(fn, param, tensors, scalars, settings)
+            except _CompileFailure as failure:
+                if self.compile != "auto":
+                    raise RuntimeError(f"compile=True: {type(self).__name__}'s step ({fn.__name__}) could not be "
+                                       f"compiled: {failure.reason}. Pass compile='auto' to run it eagerly with a "
+                                       "warning where compiling fails, or compile=False") from failure.__cause__
+                warnings.warn(f"compile='auto': {type(self).__name__}'s step ({fn.__name__}) could not be compiled "
+                              f"({failure.reason}); this optimizer now runs its steps eagerly", stacklevel=3)
+                self.compile = False
+                count = fn(param, *tensors, **scalars, **settings)
+        else:
+            count = fn(param, *tensors, **scalars, **settings)
+        if count is not None:
+            self._aligned_counts.append((count, param.numel()))
+
+    @staticmethod
+    def _caution_settings(group: dict) -> dict:
+        """The group's caution settings, as a step function takes them."""
+        return {"caution": group["caution"], "caution_norm": group["caution_norm"]}
 
     def aligned_fraction(self) -> float:
         """Fraction of coordinates the cautious mask kept at the last step (nan if none masked),
@@ -347,3 +382,43 @@ class ZooOptimizer(Optimizer):
         if sharded:
             nnz += global_sum(sharded)
         return nnz / numel if numel else math.nan
+
+
+class _CompileFailure(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+_COMPILED: dict = {}
+
+
+def compiled(fn, settings: dict):
+    """``torch.compile(fn, fullgraph=True)`` for one combination of group ``settings``, made once
+    and shared by every optimizer with ``compile``. Each combination compiles a copy of ``fn``'s
+    code, so it has dynamo's whole recompile budget to itself: its graphs are one per dtype,
+    device and number of dimensions, and one more for sizes (dynamic after the second size)."""
+    key = (fn, tuple(sorted(settings.items())))
+    if key not in _COMPILED:
+        copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        copy.__kwdefaults__ = fn.__kwdefaults__
+        _COMPILED[key] = torch.compile(copy, fullgraph=True)
+    return _COMPILED[key]
+
+
+def _compiled_run(fn, param: Tensor, tensors: tuple, scalars: dict, settings: dict):
+    if is_dtensor(param):
+        raise _CompileFailure("parameters sharded by FSDP2 (DTensors) are not supported by the compiled steps")
+    if sys.platform == "win32" and param.device.type == "cpu":
+        raise _CompileFailure("inductor's CPU code generation is not supported on Windows")
+    values = {k: None if v is None else torch.tensor(v, dtype=torch.float64, device=param.device)
+              for k, v in scalars.items()}
+    try:
+        # a Parameter's sizes are static in dynamo; its plain alias lets sizes go dynamic. A 0-d
+        # state tensor goes in as a 1-element view: torch 2.13's compiled code drops in-place
+        # writes to a 0-d float64 CPU input (APOLLO's limiter norm would never be recorded)
+        tensors = tuple(t.view(1) if isinstance(t, Tensor) and t.dim() == 0 else t for t in tensors)
+        return compiled(fn, settings)(param.detach(), *tensors, **values, **settings)
+    except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.BackendCompilerFailed) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _CompileFailure(reason) from error

@@ -17,28 +17,23 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..caution import add_update
 from .adam import _AdaptiveBase
 from .base import as_float
+from .blocks import addcdiv_, apply_, decay_, ema_sq_
 
-__all__ = ["LaProp", "laprop"]
+__all__ = ["LaProp", "laprop_step"]
 
 
-def laprop(params: list[Tensor], grads: list[Tensor], states: list[dict], *, lr: float, beta1: float,
-           beta2: float, eps: float, weight_decay: float, caution: bool = False, caution_norm="mean",
-           counts=None) -> None:
-    """Functional core; ``states`` hold ``exp_avg``, ``exp_avg_sq`` and the lr averages."""
-    for param, grad, state in zip(params, grads, states):
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        state["exp_avg_lr_1"] = beta1 * state["exp_avg_lr_1"] + (1 - beta1) * lr
-        state["exp_avg_lr_2"] = beta2 * state["exp_avg_lr_2"] + (1 - beta2)
-        bias_correction1 = state["exp_avg_lr_1"] / lr if lr != 0 else 1.0
-        denom = (exp_avg_sq / state["exp_avg_lr_2"]).sqrt_().add_(eps)
-        exp_avg.mul_(beta1).addcdiv_(grad, denom, value=(1 - beta1) * lr)
-        add_update(param, exp_avg, grad, -1 / bias_correction1, caution, caution_norm, counts)
+def laprop_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, lr, second_average, alpha,
+                beta1: float, beta2: float, eps: float, weight_decay: float, caution: bool,
+                caution_norm) -> Tensor | None:
+    """One tensor's step; the caller keeps the lr averages: ``second_average`` is a2 and ``alpha``
+    is -lr / a1."""
+    decay_(param, lr, weight_decay)
+    ema_sq_(exp_avg_sq, grad, beta2)
+    denom = (exp_avg_sq / second_average).sqrt_().add_(eps)
+    addcdiv_(exp_avg.mul_(beta1), grad, denom, (1 - beta1) * lr)
+    return apply_(param, exp_avg, grad, alpha, caution, caution_norm)
 
 
 class LaProp(_AdaptiveBase):
@@ -48,14 +43,20 @@ class LaProp(_AdaptiveBase):
 
     def __init__(self, params, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-15, weight_decay: float = 0.0, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean"):
+                 caution: bool = False, caution_norm="mean", compile=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _update_group(self, group, params):
         states = self._states(params, "exp_avg", "exp_avg_sq",
                               init=lambda p, state: state.update(exp_avg_lr_1=0.0, exp_avg_lr_2=0.0))
         beta1, beta2 = group["betas"]
-        laprop(params, self._grads(group, params), states, lr=as_float(group["lr"]), beta1=beta1,
-               beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-               **self._caution_args(group))
+        lr = as_float(group["lr"])
+        for param, grad, state in zip(params, self._grads(group, params), states):
+            state["exp_avg_lr_1"] = beta1 * state["exp_avg_lr_1"] + (1 - beta1) * lr
+            state["exp_avg_lr_2"] = beta2 * state["exp_avg_lr_2"] + (1 - beta2)
+            bias_correction1 = state["exp_avg_lr_1"] / lr if lr != 0 else 1.0
+            self._run(laprop_step, param, grad, state["exp_avg"], state["exp_avg_sq"],
+                      scalars={"lr": lr, "second_average": state["exp_avg_lr_2"], "alpha": -1 / bias_correction1},
+                      beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                      **self._caution_settings(group))

@@ -16,35 +16,48 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..caution import add_update, caution_mask
-from .base import ZooOptimizer, as_float, carry_nonfinite, check_betas, check_range
+from ..caution import caution_mask
+from .base import ZooOptimizer, as_float, check_betas, check_range
+from .blocks import apply_, carry_nonfinite, decay_, ema_
 
-__all__ = ["Lion", "Signum", "lion"]
+__all__ = ["Lion", "Signum", "lion_step"]
 
 
-def lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: float,
-         beta1: float, beta2: float, weight_decay: float, caution: bool = False,
-         caution_norm="mean", counts=None, foreach: bool = False) -> None:
-    """Functional core of Lion (and of Signum with ``beta1 == beta2``)."""
-    if foreach:
-        if weight_decay != 0:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        updates = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
-        torch._foreach_sign_(updates)
-        torch._foreach_add_(updates, grads, alpha=0)   # carry_nonfinite: sign(NaN) is 0
-        if caution:
-            masks = [caution_mask(u, g, caution_norm, counts) for u, g in zip(updates, grads)]
-            torch._foreach_addcmul_(params, masks, updates, -lr)
-        else:
-            torch._foreach_add_(params, updates, alpha=-lr)
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
-        return
-    for param, grad, exp_avg in zip(params, grads, exp_avgs):
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-        update = carry_nonfinite(exp_avg.lerp(grad, 1 - beta1).sign_(), grad)
-        add_update(param, update, grad, -lr, caution, caution_norm, counts)
-        exp_avg.lerp_(grad, 1 - beta2)
+def lion_step(param: Tensor, grad: Tensor, exp_avg: Tensor, *, lr, beta1: float, beta2: float, weight_decay: float,
+              caution: bool, caution_norm) -> Tensor | None:
+    """One tensor's step of Lion (and of Signum with ``beta1 == beta2``)."""
+    decay_(param, lr, weight_decay)
+    update = carry_nonfinite(exp_avg.lerp(grad, 1 - beta1).sign_(), grad)
+    count = apply_(param, update, grad, -lr, caution, caution_norm)
+    ema_(exp_avg, grad, beta2)
+    return count
+
+
+def _lion_foreach(params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, caution, caution_norm, counts) -> None:
+    """The same step with torch._foreach_* kernels over the whole list (one launch per op)."""
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    updates = torch._foreach_lerp(exp_avgs, grads, 1 - beta1)
+    torch._foreach_sign_(updates)
+    torch._foreach_add_(updates, grads, alpha=0)   # carry_nonfinite: sign(NaN) is 0
+    if caution:
+        masks = [caution_mask(u, g, caution_norm, counts) for u, g in zip(updates, grads)]
+        torch._foreach_addcmul_(params, masks, updates, -lr)
+    else:
+        torch._foreach_add_(params, updates, alpha=-lr)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)
+
+
+def _lion_steps(optimizer: ZooOptimizer, group: dict, params: list[Tensor], beta1: float, beta2: float) -> None:
+    states = optimizer._states(params, "exp_avg")
+    grads = optimizer._grads(group, params)
+    settings = dict(beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], **optimizer._caution_settings(group))
+    lr = as_float(group["lr"])
+    if not optimizer.compile and optimizer._foreach(group, params):
+        return _lion_foreach(params, grads, [s["exp_avg"] for s in states], lr=lr, **settings,
+                             counts=optimizer._aligned_counts if group["caution"] else None)
+    for param, grad, state in zip(params, grads, states):
+        optimizer._run(lion_step, param, grad, state["exp_avg"], scalars={"lr": lr}, **settings)
 
 
 class Lion(ZooOptimizer):
@@ -55,10 +68,10 @@ class Lion(ZooOptimizer):
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
-                 caution: bool = False, caution_norm="mean"):
+                 caution: bool = False, caution_norm="mean", compile=False):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _validate(self, group):
         check_betas("betas", group["betas"])
@@ -69,12 +82,7 @@ class Lion(ZooOptimizer):
         return None
 
     def _update_group(self, group, params):
-        states = self._states(params, "exp_avg")
-        beta1, beta2 = group["betas"]
-        lion(params, self._grads(group, params), [s["exp_avg"] for s in states],
-             lr=as_float(group["lr"]), beta1=beta1, beta2=beta2,
-             weight_decay=group["weight_decay"], foreach=self._foreach(group, params),
-             **self._caution_args(group))
+        _lion_steps(self, group, params, *group["betas"])
 
 
 class Signum(ZooOptimizer):
@@ -85,10 +93,10 @@ class Signum(ZooOptimizer):
 
     def __init__(self, params, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  maximize: bool = False, foreach: bool | None = None, caution: bool = False,
-                 caution_norm="mean"):
+                 caution_norm="mean", compile=False):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _validate(self, group):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
@@ -99,8 +107,4 @@ class Signum(ZooOptimizer):
         return None
 
     def _update_group(self, group, params):
-        states = self._states(params, "exp_avg")
-        lion(params, self._grads(group, params), [s["exp_avg"] for s in states],
-             lr=as_float(group["lr"]), beta1=group["momentum"], beta2=group["momentum"],
-             weight_decay=group["weight_decay"], foreach=self._foreach(group, params),
-             **self._caution_args(group))
+        _lion_steps(self, group, params, group["momentum"], group["momentum"])

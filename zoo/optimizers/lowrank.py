@@ -41,13 +41,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..caution import add_update
 from ..projection import (channel_norm, effective_rank, gaussian, project, project_back,
                           next_seed, rows_kept, top_singular)
 from ..sharding import computed_once, is_dtensor, parameter_index, placed_as, reduced, replicated, zeros_along
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
+from .blocks import add_, addcmul_, apply_
 
-__all__ = ["Apollo", "GaLore", "Fira", "lowrank_adamw"]
+__all__ = ["Apollo", "GaLore", "Fira", "lowrank_step"]
 
 SCALE_EPS = 1e-8   # in every ratio of norms, as the reference
 
@@ -76,20 +76,19 @@ def _projection(grad: Tensor, state: dict, step: int, group: dict, turn: int) ->
     return proj
 
 
-def _limit(norm: Tensor, state: dict, step: int, gamma: float | None):
+def _limit(norm: Tensor, update_norm: Tensor | None, first: bool, gamma: float | None):
     """The norm-growth limiter's divisor f >= 1 for an update of norm ``norm`` (1 on the first
-    step); the state keeps the limited norm ``norm / f``."""
+    step); ``update_norm`` (the state) keeps the limited norm ``norm / f``."""
     if gamma is None:
         return 1.0
     norm = reduced(norm)   # sharded (FSDP2): the norm of the whole update, on every rank
     factor = 1.0
-    if step > 1:
-        previous = state["update_norm"]
-        factor = torch.clamp(norm / (previous + SCALE_EPS), min=gamma) / gamma
+    if not first:
+        factor = torch.clamp(norm / (update_norm + SCALE_EPS), min=gamma) / gamma
         # no previous norm to limit against: 1 (a tensor like factor, so that a DTensor stays one)
-        factor = torch.where(previous > 0, factor, torch.ones_like(factor))
+        factor = torch.where(update_norm > 0, factor, torch.ones_like(factor))
         norm = norm / factor
-    state["update_norm"].copy_(norm)
+    update_norm.copy_(norm)
     return factor
 
 
@@ -106,47 +105,35 @@ def _scaling(low: Tensor, proj_grad: Tensor, shape, channel: bool) -> Tensor:
     return norms[0] / (norms[1] + SCALE_EPS)
 
 
-def lowrank_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict], group: dict, *,
-                  method: str, caution: bool = False, caution_norm="mean", counts=None) -> None:
-    """Functional core; ``method`` is "apollo", "galore" or "fira"; hyper-parameters from ``group``."""
-    lr, weight_decay = as_float(group["lr"]), group["weight_decay"]
-    beta1, beta2 = group["betas"]
-    matrices = 0   # low-rank matrices so far: sharded, their SVDs go to the ranks in turn
-    for param, grad, state in zip(params, grads, states):
-        step = state["step"]
-        low_rank = group["rank"] is not None and param.dim() == 2
-        if low_rank:
-            proj = _projection(grad, state, step, group, matrices)
-            matrices += 1
-            proj_grad = reduced(project(grad, proj))   # sharded along the compressed axis: summed once
-        else:
-            proj_grad = grad
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.mul_(beta1).add_(proj_grad, alpha=1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(proj_grad, proj_grad, value=1 - beta2)
-        normed = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
-        if not low_rank:
-            update = normed
-        elif method == "apollo":   # G * s is never formed: its norm comes from channel norms of G
-            channel = group["scale_type"] == "channel"
-            scaling = _scaling(normed, proj_grad, grad.shape, channel)
-            norm = (channel_norm(grad, grad.shape) * scaling).norm() if channel else _norm(grad) * scaling
-            factor = _limit(norm, state, step, group["norm_growth_limit"])
-            update = None
-            multiplier = scaling * math.sqrt(group["scale"]) / factor
-        else:   # back-projections laid out as the gradient (sharded: each rank its slice, no gather)
-            update = placed_as(project_back(normed, proj, grad.shape), grad).mul_(group["scale"])
-            if method == "fira":
-                residual = grad - placed_as(project_back(proj_grad, proj, grad.shape), grad).mul_(group["scale"])
-                residual.mul_(_scaling(normed, proj_grad, grad.shape, channel=True))
-                update.add_(residual.div_(_limit(_norm(residual), state, step, group["norm_growth_limit"])))
-        step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-        if update is None:   # APOLLO: W <- W - step_size * G * multiplier, one fused pass
-            param.addcmul_(grad, multiplier, value=-step_size)
-        else:
-            add_update(param, update, grad, -step_size, caution, caution_norm, counts)
-        if weight_decay != 0:
-            param.add_(param, alpha=-lr * weight_decay)
+def lowrank_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, proj: Tensor | None,
+                 update_norm: Tensor | None, *, lr, step_size, method: str, first: bool, beta1: float, beta2: float,
+                 eps: float, weight_decay: float, scale: float, channel: bool, gamma: float | None, caution: bool,
+                 caution_norm) -> Tensor | None:
+    """One tensor's step; ``method`` is "apollo", "galore" or "fira"; ``proj`` the period's
+    projection (None: AdamW for this tensor); ``step_size`` lr * sqrt(1 - b2^t) / (1 - b1^t)."""
+    # sharded along the compressed axis: the projected gradient summed once
+    proj_grad = grad if proj is None else reduced(project(grad, proj))
+    exp_avg.mul_(beta1).add_(proj_grad, alpha=1 - beta1)   # the reference's moments (not lerp)
+    exp_avg_sq.mul_(beta2).addcmul_(proj_grad, proj_grad, value=1 - beta2)
+    normed = exp_avg / exp_avg_sq.sqrt().add_(eps)
+    count = None
+    if proj is None:
+        count = apply_(param, normed, grad, -step_size, caution, caution_norm)
+    elif method == "apollo":   # G * s is never formed: its norm comes from channel norms of G
+        scaling = _scaling(normed, proj_grad, grad.shape, channel)
+        norm = (channel_norm(grad, grad.shape) * scaling).norm() if channel else _norm(grad) * scaling
+        multiplier = scaling * math.sqrt(scale) / _limit(norm, update_norm, first, gamma)
+        addcmul_(param, grad, multiplier, -step_size)   # W <- W - step_size * G * multiplier, one pass
+    else:   # back-projections laid out as the gradient (sharded: each rank its slice, no gather)
+        update = placed_as(project_back(normed, proj, grad.shape), grad).mul_(scale)
+        if method == "fira":
+            residual = grad - placed_as(project_back(proj_grad, proj, grad.shape), grad).mul_(scale)
+            residual.mul_(_scaling(normed, proj_grad, grad.shape, channel=True))
+            update.add_(residual.div_(_limit(_norm(residual), update_norm, first, gamma)))
+        count = apply_(param, update, grad, -step_size, caution, caution_norm)
+    if weight_decay != 0:   # decoupled, after the update, as the reference
+        add_(param, param, -lr * weight_decay)
+    return count
 
 
 class _LowRankAdamW(ZooOptimizer):
@@ -216,8 +203,20 @@ class _LowRankAdamW(ZooOptimizer):
 
     def _update_group(self, group, params):
         states = self._states(params, init=lambda p, state: self._init_state(p, state, group))
-        lowrank_adamw(params, self._grads(group, params), states, group, method=self.method,
-                      **self._caution_args(group))
+        lr = as_float(group["lr"])
+        beta1, beta2 = group["betas"]
+        matrices = 0   # low-rank matrices so far: sharded, their SVDs go to the ranks in turn
+        for param, grad, state in zip(params, self._grads(group, params), states):
+            step, proj = state["step"], None
+            if group["rank"] is not None and param.dim() == 2:
+                proj = _projection(grad, state, step, group, matrices)
+                matrices += 1
+            self._run(lowrank_step, param, grad, state["exp_avg"], state["exp_avg_sq"], proj, state.get("update_norm"),
+                      scalars={"lr": lr, "step_size": lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)},
+                      method=self.method, first=step == 1, beta1=beta1, beta2=beta2, eps=group["eps"],
+                      weight_decay=group["weight_decay"], scale=group["scale"],
+                      channel=group["scale_type"] == "channel", gamma=group["norm_growth_limit"],
+                      **self._caution_settings(group))
 
     def load_state_dict(self, state_dict):
         # torch casts every loaded state tensor to its parameter's dtype; the int64 seed and the
@@ -271,12 +270,12 @@ class Apollo(_LowRankAdamW):
                  update_proj_gap: int = 200, scale: float = 1.0, scale_type: str = "channel",
                  proj: str = "random", norm_growth_limit: float | None = 1.01,
                  store_projection: bool = False, seed: int = 0, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean"):
+                 caution: bool = False, caution_norm="mean", compile=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, scale_type=scale_type, proj=proj,
                         norm_growth_limit=norm_growth_limit, store_projection=store_projection,
                         seed=seed, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _caution_noop_reason(self, group):
         return self.caution_refusal
@@ -291,11 +290,11 @@ class GaLore(_LowRankAdamW):
     def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 128,
                  update_proj_gap: int = 200, scale: float = 0.25, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean"):
+                 caution: bool = False, caution_norm="mean", compile=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, scale_type="channel", proj="svd",
                         norm_growth_limit=None, store_projection=True, seed=0, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
 
 class Fira(_LowRankAdamW):
@@ -308,9 +307,9 @@ class Fira(_LowRankAdamW):
                  eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 128,
                  update_proj_gap: int = 200, scale: float = 1.0,
                  norm_growth_limit: float | None = 1.01, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean"):
+                 caution: bool = False, caution_norm="mean", compile=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, scale_type="channel", proj="svd",
                         norm_growth_limit=norm_growth_limit, store_projection=True, seed=0,
                         maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)

@@ -27,12 +27,13 @@ import math
 import torch
 from torch import Tensor
 
-from ..caution import caution as cautious
+from ..caution import mask_and_count
 from ..sharding import as_shard, is_dtensor
-from .adam import adam
+from .adam import adam_steps
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
+from .blocks import add_
 
-__all__ = ["Muon", "muon", "newton_schulz"]
+__all__ = ["Muon", "muon_step", "newton_schulz"]
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -59,23 +60,24 @@ def _adjusted_lr(lr: float, adjust_lr_fn: str | None, rows: int, cols: int) -> f
     return lr * math.sqrt(max(1, rows / cols))
 
 
-def muon(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], *, lr: float,
-         momentum: float, nesterov: bool, weight_decay: float, ns_coefficients, ns_steps: int,
-         eps: float, ns_dtype: torch.dtype, adjust_lr_fn: str | None, caution: bool = False,
-         caution_norm="mean", counts=None) -> None:
-    """Functional core for the matrix parameters."""
-    for param, grad, buf in zip(params, grads, momentum_buffers):
-        buf.lerp_(grad, 1 - momentum)
-        update = grad.lerp(buf, momentum) if nesterov else buf
-        if caution:
-            update = cautious(update, grad, caution_norm, counts, sign_of=buf)
-        matrix = update.reshape(update.shape[0], -1)
-        # sharded (FSDP2): gathered once, orthogonalised whole on every rank, each keeps its shard
-        whole = matrix.full_tensor() if is_dtensor(matrix) else matrix
-        ortho = newton_schulz(whole, ns_steps, ns_coefficients, eps, ns_dtype).view(param.shape)
-        ortho = ortho if whole is matrix else as_shard(ortho, param)
-        param.mul_(1 - lr * weight_decay)
-        param.add_(ortho, alpha=-_adjusted_lr(lr, adjust_lr_fn, *matrix.shape))
+def muon_step(param: Tensor, grad: Tensor, buf: Tensor, *, lr, adjusted_lr, momentum: float, nesterov: bool,
+              weight_decay: float, ns_coefficients, ns_steps: int, eps: float, ns_dtype: torch.dtype, caution: bool,
+              caution_norm) -> Tensor | None:
+    """One matrix's step; ``adjusted_lr`` is lr * adjust(shape)."""
+    buf.lerp_(grad, 1 - momentum)
+    update = grad.lerp(buf, momentum) if nesterov else buf
+    count = None
+    if caution:
+        phi, count = mask_and_count(update, grad, caution_norm, sign_of=buf)
+        update = phi.mul_(update)
+    matrix = update.reshape(update.shape[0], -1)
+    # sharded (FSDP2): gathered once, orthogonalised whole on every rank, each keeps its shard
+    whole = matrix.full_tensor() if is_dtensor(matrix) else matrix
+    ortho = newton_schulz(whole, ns_steps, ns_coefficients, eps, ns_dtype).view(param.shape)
+    ortho = ortho if whole is matrix else as_shard(ortho, param)
+    param.mul_(1 - lr * weight_decay)
+    add_(param, ortho, -adjusted_lr)
+    return count
 
 
 class Muon(ZooOptimizer):
@@ -91,13 +93,13 @@ class Muon(ZooOptimizer):
                  ns_dtype: torch.dtype = torch.bfloat16, use_muon: bool | None = None,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8,
                  adamw_lr_ratio: float = 1.0, maximize: bool = False, caution: bool = False,
-                 caution_norm="mean"):
+                 caution_norm="mean", compile=False):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
                         adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, use_muon=use_muon,
                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_lr_ratio=adamw_lr_ratio,
                         maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _validate(self, group):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
@@ -145,23 +147,18 @@ class Muon(ZooOptimizer):
         grads = self._grads(group, params)
         matrices = [self._orthogonalised(p, group) for p in params]
         lr = as_float(group["lr"])
-        ortho = [i for i, is_matrix in enumerate(matrices) if is_matrix]
-        if ortho:
-            states = [self._state(params[i]) for i in ortho]
-            for i, state in zip(ortho, states):
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
-            muon([params[i] for i in ortho], [grads[i] for i in ortho],
-                 [s["momentum_buffer"] for s in states], lr=lr, momentum=group["momentum"],
-                 nesterov=group["nesterov"], weight_decay=group["weight_decay"],
-                 ns_coefficients=group["ns_coefficients"], ns_steps=group["ns_steps"],
-                 eps=group["eps"], ns_dtype=group["ns_dtype"], adjust_lr_fn=group["adjust_lr_fn"],
-                 **self._caution_args(group))
+        for param, grad in ((p, g) for p, g, matrix in zip(params, grads, matrices) if matrix):
+            state = self._state(param)
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            rows = param.shape[0]
+            adjusted = _adjusted_lr(lr, group["adjust_lr_fn"], rows, param.numel() // rows)
+            self._run(muon_step, param, grad, state["momentum_buffer"], scalars={"lr": lr, "adjusted_lr": adjusted},
+                      momentum=group["momentum"], nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                      ns_coefficients=group["ns_coefficients"], ns_steps=group["ns_steps"], eps=group["eps"],
+                      ns_dtype=group["ns_dtype"], **self._caution_settings(group))
         rest = [i for i, is_matrix in enumerate(matrices) if not is_matrix]
         if rest:
             states = self._states([params[i] for i in rest], "exp_avg", "exp_avg_sq")
-            beta1, beta2 = group["adamw_betas"]
-            adam([params[i] for i in rest], [grads[i] for i in rest], [s["exp_avg"] for s in states],
-                 [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
-                 lr=lr * group["adamw_lr_ratio"], beta1=beta1, beta2=beta2, eps=group["adamw_eps"],
-                 weight_decay=group["weight_decay"], decoupled=True, **self._caution_args(group))
+            adam_steps(self, group, [params[i] for i in rest], [grads[i] for i in rest], states,
+                       lr_ratio=group["adamw_lr_ratio"], betas="adamw_betas", eps="adamw_eps", decoupled=True)

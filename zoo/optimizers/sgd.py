@@ -13,30 +13,28 @@ PAPERS.md §A.1.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ..caution import add_update
 from .base import ZooOptimizer, as_float, check_bool, check_range
+from .blocks import apply_, l2
 
-__all__ = ["SGD", "sgd"]
+__all__ = ["SGD", "sgd_step"]
 
 
-def sgd(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor | None], *,
-        lr: float, momentum: float, dampening: float, nesterov: bool, weight_decay: float,
-        caution: bool = False, caution_norm="mean", counts=None) -> None:
-    """Functional core; ``momentum_buffers`` entries that are None are created in place."""
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        update = grad
-        if momentum != 0:
-            buf = momentum_buffers[i]
-            if buf is None:
-                buf = momentum_buffers[i] = grad.clone().detach()
-            else:
-                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-            update = grad.add(buf, alpha=momentum) if nesterov else buf
-        add_update(param, update, grad, -lr, caution, caution_norm, counts)
+def sgd_step(param: Tensor, grad: Tensor, buf: Tensor | None, *, lr, momentum: float, dampening: float,
+             nesterov: bool, weight_decay: float, first: bool, caution: bool, caution_norm) -> Tensor | None:
+    """One tensor's step; ``buf`` is None without momentum and is filled with the gradient at
+    the first step (``first``), as torch.optim.SGD."""
+    grad = l2(grad, param, weight_decay)
+    update = grad
+    if buf is not None:
+        if first:
+            buf.copy_(grad)
+        else:
+            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+        update = grad.add(buf, alpha=momentum) if nesterov else buf
+    return apply_(param, update, grad, -lr, caution, caution_norm)
 
 
 class SGD(ZooOptimizer):
@@ -51,10 +49,10 @@ class SGD(ZooOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean"):
+                 caution: bool = False, caution_norm="mean", compile=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm)
+        super().__init__(params, defaults, caution, caution_norm, compile)
 
     def _validate(self, group):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
@@ -75,11 +73,11 @@ class SGD(ZooOptimizer):
         return None
 
     def _update_group(self, group, params):
-        states = [self._state(p) for p in params]
-        buffers = [state.get("momentum_buffer") for state in states]
-        sgd(params, self._grads(group, params), buffers, lr=as_float(group["lr"]),
-            momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
-            weight_decay=group["weight_decay"], **self._caution_args(group))
-        if group["momentum"] != 0:
-            for state, buf in zip(states, buffers):
-                state["momentum_buffer"] = buf
+        for param, grad in zip(params, self._grads(group, params)):
+            state = self._state(param)
+            first = group["momentum"] != 0 and "momentum_buffer" not in state
+            if first:
+                state["momentum_buffer"] = torch.empty_like(grad, memory_format=torch.preserve_format)
+            self._run(sgd_step, param, grad, state.get("momentum_buffer"), scalars={"lr": as_float(group["lr"])},
+                      momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
+                      weight_decay=group["weight_decay"], first=first, **self._caution_settings(group))
