@@ -84,7 +84,8 @@ def _class_defaults(cls: type) -> dict:
 
 
 def register(info_or_class, name: str | None = None, *, aliases=(), family: str | None = None,
-             fixed: Mapping | None = None, defaults: Mapping | None = None, has_momentum: bool = True, low_rank: bool = False,
+             fixed: Mapping | None = None, defaults: Mapping | None = None, has_momentum: bool = True,
+             low_rank: bool = False,
              state_formula: str = "", reference: str = "", base: str | None = None,
              replace: bool = False) -> OptimizerInfo:
     """Add an optimizer to the registry and return its record.

@@ -15,50 +15,54 @@ from .sgd import SGD
 __all__ = ["ZooOptimizer", "SGD", "Adam", "AdamW", "NAdamW", "Lion", "Signum", "Adafactor", "LaProp",
            "ADOPT", "Muon", "Apollo", "GaLore", "Fira"]
 
-# name, class, family, fixed arguments, extra defaults of the cautious twin, state per tensor, reference
-_BUILTINS = [
-    ("sgdm", SGD, "sgd", {}, {}, "numel (momentum buffer)",
-     "Polyak 1964 heavy ball; torch.optim.SGD(momentum=0.9)"),
-    ("nesterov", SGD, "sgd", {"nesterov": True}, {}, "numel (momentum buffer)",
-     "Sutskever et al. 2013; torch.optim.SGD(momentum=0.9, nesterov=True)"),
-    ("adam", Adam, "adam", {}, {}, "2 numel (m, v)", "Kingma & Ba 2015; torch.optim.Adam"),
-    ("adamw", AdamW, "adam", {}, {}, "2 numel (m, v)", "Loshchilov & Hutter 2019; torch.optim.AdamW"),
-    ("nadamw", NAdamW, "nadam", {}, {}, "2 numel (m, v)",
-     "Dozat 2016; torch.optim.NAdam(decoupled_weight_decay=True)"),
-    ("lion", Lion, "lion", {}, {}, "numel (m)", "Chen et al. 2023, Symbolic Discovery of Optimization Algorithms"),
-    ("signum", Signum, "signum", {}, {}, "numel (m)", "Bernstein et al. 2018, signSGD"),
-    ("adafactor", Adafactor, "adafactor", {}, {"beta1": 0.9},
-     "rows + cols per matrix, numel per vector (+ numel with beta1)",
-     "Shazeer & Stern 2018; torch.optim.Adafactor"),
-    ("laprop", LaProp, "laprop", {}, {}, "2 numel (m, v)", "Ziyin et al. 2020, LaProp"),
-    ("adopt", ADOPT, "adopt", {}, {}, "2 numel (m, v)", "Taniguchi et al. 2024, ADOPT"),
-    ("muon", Muon, "muon", {}, {}, "numel per matrix (momentum), 2 numel per AdamW tensor",
-     "Jordan et al. 2024; torch.optim.Muon"),
-]
-
-# the low-rank family (PAPERS.md §B): name, class, fixed arguments, defaults, state per m x n weight
-# (k = max(m, n) kept, c = min(m, n) compressed), reference, whether it has a cautious twin
-_LOW_RANK = [
-    ("apollo", Apollo, {}, {}, "2kr + 2 (M, V; seed, limiter norm)", "Zhu et al. 2025, APOLLO", False),
-    ("apollo-mini", Apollo, {"rank": 1, "scale_type": "tensor"}, {"scale": 128.0},
-     "2k + 2 (M, V; seed, limiter norm)", "Zhu et al. 2025, APOLLO-Mini", False),
-    ("apollo-svd", Apollo, {"proj": "svd"}, {}, "2kr + cr + 1 (M, V, P; limiter norm)",
-     "Zhu et al. 2025, APOLLO with SVD projection", False),
-    ("galore", GaLore, {}, {}, "2kr + cr (M, V, P)", "Zhao et al. 2024, GaLore", True),
-    ("fira", Fira, {}, {}, "2kr + cr + 1 (M, V, P; limiter norm)", "Chen et al. 2024, Fira", True),
-]
 _CAUTION_REFERENCE = "Liang et al. 2024, Cautious Optimizers (arXiv 2411.16085), over {}"
 
-for _name, _cls, _family, _fixed, _twin_defaults, _formula, _ref in _BUILTINS:
-    register(_cls, _name, family=_family, fixed=_fixed, state_formula=_formula, reference=_ref)
-    register(_cls, f"c-{_name}", family=_family, fixed={**_fixed, "caution": True},
-             defaults=_twin_defaults, state_formula=_formula, base=_name,
-             reference=_CAUTION_REFERENCE.format(_name))
 
-for _name, _cls, _fixed, _defaults, _formula, _ref, _twin in _LOW_RANK:
-    register(_cls, _name, family=_cls.method, fixed=_fixed, defaults=_defaults, low_rank=True,
-             state_formula=_formula, reference=_ref)
-    if _twin:
-        register(_cls, f"c-{_name}", family=_cls.method, fixed={**_fixed, "caution": True},
-                 defaults=_defaults, low_rank=True, state_formula=_formula, base=_name,
-                 reference=_CAUTION_REFERENCE.format(_name))
+def register_family(cls: type, name: str, *, state: str, reference: str, family: str | None = None,
+                    fixed: dict | None = None, defaults: dict | None = None, twin_defaults: dict | None = None,
+                    low_rank: bool = False, twin: bool = True) -> None:
+    """Register ``name`` and, with ``twin``, its cautious twin ``c-<name>`` (``fixed`` plus
+    ``caution=True``; ``twin_defaults`` on top of ``defaults``). ``state`` is the formula of the
+    state per tensor, ``reference`` what the step follows; ``family`` defaults to the class's
+    ``method`` or the name."""
+    fixed, defaults = fixed or {}, defaults or {}
+    family = family or getattr(cls, "method", name)
+    register(cls, name, family=family, fixed=fixed, defaults=defaults, low_rank=low_rank, state_formula=state,
+             reference=reference)
+    if twin:
+        register(cls, f"c-{name}", family=family, fixed={**fixed, "caution": True},
+                 defaults={**defaults, **(twin_defaults or {})}, low_rank=low_rank, state_formula=state, base=name,
+                 reference=_CAUTION_REFERENCE.format(name))
+
+
+register_family(SGD, "sgdm", family="sgd", state="numel (momentum buffer)",
+                reference="Polyak 1964 heavy ball; torch.optim.SGD(momentum=0.9)")
+register_family(SGD, "nesterov", family="sgd", fixed={"nesterov": True}, state="numel (momentum buffer)",
+                reference="Sutskever et al. 2013; torch.optim.SGD(momentum=0.9, nesterov=True)")
+register_family(Adam, "adam", state="2 numel (m, v)", reference="Kingma & Ba 2015; torch.optim.Adam")
+register_family(AdamW, "adamw", family="adam", state="2 numel (m, v)",
+                reference="Loshchilov & Hutter 2019; torch.optim.AdamW")
+register_family(NAdamW, "nadamw", family="nadam", state="2 numel (m, v)",
+                reference="Dozat 2016; torch.optim.NAdam(decoupled_weight_decay=True)")
+register_family(Lion, "lion", state="numel (m)",
+                reference="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms")
+register_family(Signum, "signum", state="numel (m)", reference="Bernstein et al. 2018, signSGD")
+register_family(Adafactor, "adafactor", twin_defaults={"beta1": 0.9},
+                state="rows + cols per matrix, numel per vector (+ numel with beta1)",
+                reference="Shazeer & Stern 2018; torch.optim.Adafactor")
+register_family(LaProp, "laprop", state="2 numel (m, v)", reference="Ziyin et al. 2020, LaProp")
+register_family(ADOPT, "adopt", state="2 numel (m, v)", reference="Taniguchi et al. 2024, ADOPT")
+register_family(Muon, "muon", state="numel per matrix (momentum), 2 numel per AdamW tensor",
+                reference="Jordan et al. 2024; torch.optim.Muon")
+
+# the low-rank family (PAPERS.md §B); state per m x n weight, k = max(m, n) kept, c = min(m, n) compressed
+register_family(Apollo, "apollo", low_rank=True, twin=False, state="2kr + 2 (M, V; seed, limiter norm)",
+                reference="Zhu et al. 2025, APOLLO")
+register_family(Apollo, "apollo-mini", low_rank=True, twin=False, fixed={"rank": 1, "scale_type": "tensor"},
+                defaults={"scale": 128.0}, state="2k + 2 (M, V; seed, limiter norm)",
+                reference="Zhu et al. 2025, APOLLO-Mini")
+register_family(Apollo, "apollo-svd", low_rank=True, twin=False, fixed={"proj": "svd"},
+                state="2kr + cr + 1 (M, V, P; limiter norm)", reference="Zhu et al. 2025, APOLLO with SVD projection")
+register_family(GaLore, "galore", low_rank=True, state="2kr + cr (M, V, P)", reference="Zhao et al. 2024, GaLore")
+register_family(Fira, "fira", low_rank=True, state="2kr + cr + 1 (M, V, P; limiter norm)",
+                reference="Chen et al. 2024, Fira")

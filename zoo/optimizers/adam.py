@@ -227,6 +227,7 @@ class NAdamW(_Decoupling):
             product = state["mu_product"] = state.get("mu_product", 1.0) * mu
             self._run(nadamw_step, param, grad, state["exp_avg"], state["exp_avg_sq"],
                       scalars=dict(lr=lr, bias_correction2=bias_correction(beta2, step),
-                                   grad_coef=(1.0 - mu) / (1.0 - product), avg_coef=mu_next / (1.0 - product * mu_next)),
+                                   grad_coef=(1.0 - mu) / (1.0 - product),
+                                   avg_coef=mu_next / (1.0 - product * mu_next)),
                       beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                       **self._caution_settings(group))
