@@ -10,6 +10,7 @@ and for the low-rank optimizers the cost of the steps that refresh their project
 
     python -m analysis.bench step                        # every zoo optimizer, a few minutes on 2 cores
     python -m analysis.bench step --only adamw,c-adamw --rounds 3 --csv step.csv
+    python -m analysis.bench step --compile --only adamw,c-adamw,lion,c-lion   # + compiled steps
 
 Workload: ``--count`` fp32 matrices of ``--shape`` (default 12 of 512x2048), parameters and
 gradients drawn once (seed 0); every step reuses the same gradients. Each zoo optimizer, built with
@@ -17,7 +18,9 @@ gradients drawn once (seed 0); every step reuses the same gradients. Each zoo op
 the baselines ``torch.optim.AdamW(foreach=False)`` / ``(foreach=True)`` / ``(fused=True)`` (and
 the zoo's ``adamw`` with ``fused=True``, when ``adamw`` is measured) get their own copy of
 parameters and gradients. All are built and stepped once (state allocated, allocator warm) before
-any timing, so every state is resident while the others run.
+any timing, so every state is resident while the others run. With ``--compile`` each name also
+gets a row ``<name>+compile`` (``compile=True``), whose "first step s" column is its first step,
+compilation included.
 
 Timing is interleaved in one process, so that drift (other processes, frequency) hits all alike: in
 each of ``--rounds`` rounds the optimizers go in a fresh random order, each doing ``--warmup``
@@ -66,8 +69,12 @@ def bandwidth_kernels(megabytes: int) -> dict:
     return {"copy": (lambda: dst.copy_(src), 2 * src.nbytes), "add": (lambda: dst.add_(src), 3 * src.nbytes)}
 
 
-def build(name: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over its own copies of ``params`` and ``grads``, stepped once."""
+COMPILED = "+compile"
+
+
+def build(name: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> tuple[torch.optim.Optimizer, float]:
+    """The optimizer ``name`` (``<zoo name>+compile``: with ``compile=True``) over its own copies of
+    ``params`` and ``grads``, stepped once; and the seconds of that first step."""
     params = [p.clone() for p in params]
     for p, g in zip(params, grads):
         p.grad = g.clone()
@@ -75,10 +82,13 @@ def build(name: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> t
         opt = torch.optim.AdamW(params, lr=LR, **BASELINES[name])
     elif name in VARIANTS:
         opt = zoo.get(VARIANTS[name][0])(params, lr=LR, **VARIANTS[name][1])
+    elif name.endswith(COMPILED):
+        opt = zoo.get(name.removesuffix(COMPILED))(params, lr=LR, compile=True)
     else:
         opt = zoo.get(name)(params, lr=LR)
+    start = time.perf_counter()
     opt.step()
-    return opt
+    return opt, time.perf_counter() - start
 
 
 def bytes_moved(opt: torch.optim.Optimizer) -> int:
@@ -99,14 +109,17 @@ def seconds_per_call(fn, warmup: int, steps: int) -> float:
 
 
 def step_table(names: list[str], shape: tuple[int, ...], count: int, rounds: int, warmup: int,
-               steps: int, copy_mb: int, seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    """One row per optimizer (``names`` plus the torch baselines), indexed and sorted by name, and
-    the bandwidth (bytes/s) of each of :func:`bandwidth_kernels`, timed in the same rounds."""
+               steps: int, copy_mb: int, seed: int = 0, compiled: bool = False) -> tuple[pd.DataFrame, dict]:
+    """One row per optimizer (``names`` plus the torch baselines, and with ``compiled`` each name
+    with ``compile=True``), indexed and sorted by name, and the bandwidth (bytes/s) of each of
+    :func:`bandwidth_kernels`, timed in the same rounds."""
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(shape, generator=gen) for _ in range(count)]
     grads = [torch.randn(shape, generator=gen) for _ in range(count)]
     extra = [v for v, (base, _) in VARIANTS.items() if base in names]
-    opts = {name: build(name, params, grads) for name in track([*names, *extra, *BASELINES], "build")}
+    extra += [name + COMPILED for name in names] if compiled else []
+    built = {name: build(name, params, grads) for name in track([*names, *extra, *BASELINES], "build")}
+    opts = {name: opt for name, (opt, _) in built.items()}
     streams = bandwidth_kernels(copy_mb)
     kernels = {name: fn for name, (fn, _) in streams.items()} | {name: opt.step for name, opt in opts.items()}
     times: dict[str, list[float]] = {name: [] for name in kernels}
@@ -127,7 +140,8 @@ def step_table(names: list[str], shape: tuple[int, ...], count: int, rounds: int
                      "x torch loop": sec / loop, "x torch foreach": sec / foreach,
                      "x torch fused": sec / fused,
                      "state MB": zoo.state_bytes(opt) / 1e6, "moved MB": moved / 1e6,
-                     "GB/s": moved / sec / 1e9, "% roofline": 100 * moved / sec / roofline})
+                     "GB/s": moved / sec / 1e9, "% roofline": 100 * moved / sec / roofline,
+                     "first step s": built[name][1]})
     return pd.DataFrame(rows).set_index("optimizer").sort_index(), bandwidths
 
 
@@ -172,6 +186,20 @@ def target_checks(table: pd.DataFrame) -> list[str]:
         if name in ms:
             percent = table.loc[name, "% roofline"]
             lines.append(f"{name} >= 60% of roofline: {percent:.0f}% {'OK' if percent >= 60 else 'MISS'}")
+    c = COMPILED
+    for name, limit, ref_name in [("adamw" + c, 1.2, "torch-adamw-fused"), ("c-adamw" + c, 1.15, "adamw" + c),
+                                  ("c-lion" + c, 1.15, "lion" + c)]:
+        if name in ms and ref_name in ms:
+            ratio = ms[name] / ms[ref_name]
+            lines.append(f"{name} <= {limit:.2f}x {ref_name}: {ratio:.2f}x {'OK' if ratio <= limit else 'MISS'}")
+    for name in [n for n in ms.index if n.endswith(c)]:
+        eager = name.removesuffix(c)
+        speedup, percent = ms[eager] / ms[name], table.loc[name, "% roofline"]
+        verdict = "OK" if speedup >= 3 or percent >= 50 else "MISS"
+        lines.append(f"{name}: {speedup:.1f}x faster than eager (>= 3) or {percent:.0f}% of roofline (>= 50): "
+                     f"{verdict}")
+        first = table.loc[name, "first step s"]
+        lines.append(f"{name} first step (compiling) <= 20 s: {first:.1f} s {'OK' if first <= 20 else 'MISS'}")
     return lines
 
 
@@ -186,7 +214,7 @@ def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFra
         if args.csv and not Path(args.csv).resolve().parent.is_dir():
             raise ValueError(f"--csv {args.csv}: its folder does not exist")
     table, bandwidths = step_table(names, args.shape, args.count, args.rounds, args.warmup, args.steps,
-                                   args.copy_mb)
+                                   args.copy_mb, compiled=args.compile)
     shape = "x".join(map(str, args.shape))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.count} x {shape} fp32, "
           f"{args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), lr={LR}")
@@ -280,6 +308,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     step.add_argument("--refresh-steps", type=integer(0), default=16,
                       help="steps of the low-rank refresh measurement (0: skip it)")
     step.add_argument("--csv", help="also save the table to this CSV file")
+    step.add_argument("--compile", action="store_true", help="also time every name with compile=True "
+                      "(its first step, compilation included, in the 'first step s' column)")
     step.set_defaults(run=step_command)
     train = commands.add_parser("train", help="time training steps: ordinary, per-layer updates, bf16 autocast")
     train.add_argument("--model", choices=("tiny", "60M", "130M"), default="60M", help="LLaMA size (byte tokens)")

@@ -26,3 +26,13 @@ def test_training_step_benchmark_tiny(capsys):
     assert list(table["variant"]) == ["fp32", "layerwise", "layerwise-bf16"] * 2
     assert (table["ms/step"] > 0).all() and (table.loc[table["variant"] == "fp32", "x fp32"] == 1).all()
     assert "LLaMA tiny" in capsys.readouterr().out
+
+
+def test_step_benchmark_compiled_rows_tiny(capsys):
+    table = bench.main(["step", "--shape", "8x16", "--count", "2", "--rounds", "1", "--steps", "1",
+                        "--only", "adamw,c-adamw", "--copy-mb", "4", "--refresh-steps", "0", "--compile"])
+    assert {"adamw+compile", "c-adamw+compile"} <= set(table.index)
+    assert (table.loc[["adamw+compile", "c-adamw+compile"], "first step s"] > 0).all()
+    out = capsys.readouterr().out
+    assert "adamw+compile <= 1.20x torch-adamw-fused" in out and "c-adamw+compile <= 1.15x adamw+compile" in out
+    assert "c-adamw+compile first step (compiling) <= 20 s" in out
