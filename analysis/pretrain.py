@@ -56,7 +56,8 @@ sequences or images, ``units`` tokens or images seen; ``masked_fraction`` is the
 coordinates the cautious mask zeroed at that step (empty for optimizers without caution);
 ``peak_bytes`` the peak memory of training so far: on CUDA ``max_memory_allocated``, on the CPU
 the tensor bytes torch's MemTracker saw over the first two steps (state allocated, then a
-steady step; :class:`analysis.memory.step.Tracker`), empty with several processes or ``--compile``."""
+steady step; :class:`analysis.memory.step.Tracker`), empty with several processes, ``--compile`` or
+``--compile-optimizer``."""
 
 DEFAULT_LR = {
     "llama": {"adamw": 1e-3, "lion": 1e-3, "apollo": 1e-2, "apollo-mini": 1e-2},
@@ -89,6 +90,7 @@ class Config:
     data_dir: str | None = None                # mae: an IDX folder (default Fashion-MNIST)
     device: str = "auto"
     compile: bool = False
+    compile_optimizer: bool = False            # each optimizer step through torch.compile (compile=True)
     dtype: str = "auto"                        # autocast: bf16 on CUDA and fp32 on the CPU, or fp32, bf16
     layerwise: bool = False                    # update each parameter inside backward (zoo.layerwise)
     weights: str = "float"                     # or "int8": attention and MLP weights quantized (zoo.quantized)
@@ -124,6 +126,9 @@ class Config:
                              "the global norm of grad_clip cannot be computed: pass --grad-clip 0 (no clipping)")
         if self.weights not in WEIGHTS:
             raise ValueError(f"unknown weights {self.weights!r}; allowed: {', '.join(WEIGHTS)}")
+        if self.fsdp and self.compile_optimizer:
+            raise ValueError("--compile-optimizer compiles steps of whole tensors; with --fsdp the parameters are "
+                             "DTensors, which the compiled steps do not support: drop one of the two")
         if self.fsdp and self.capture_grads:
             raise ValueError("capture_grads (--capture-grads) records whole gradients; with --fsdp each rank holds a "
                              "shard: capture in one process or with DDP (without --fsdp)")
@@ -259,7 +264,7 @@ def _build_optimizer(cfg: Config, name: str, model: nn.Module):
         if "rank" not in rec.fixed:
             widths = [min(p.shape) for n, p in model.named_parameters() if default_low_rank_filter(n, p)]
             hparams["rank"] = cfg.rank or max(1, max(widths) // 4)
-    return zoo.create(model, name, layerwise=cfg.layerwise, **hparams)
+    return zoo.create(model, name, layerwise=cfg.layerwise, compile=cfg.compile_optimizer, **hparams)
 
 
 def _slice(batch, rank: int, world: int):
@@ -319,7 +324,8 @@ def _replicas_agree(model: nn.Module) -> bool:
 
 def _signature(cfg: Config, name: str) -> dict:
     """The settings a checkpoint of optimizer ``name`` must share with the run that resumes it."""
-    ignored = {"optimizers", "seeds", "lr", "out", "resume", "progress", "compile", "device"}   # results unchanged
+    ignored = {"optimizers", "seeds", "lr", "out", "resume", "progress", "compile", "compile_optimizer",
+               "device"}   # results unchanged (to round-off)
     return {k: v for k, v in asdict(cfg).items() if k not in ignored} | {"lr": cfg.peak_lr(name)}
 
 
@@ -408,7 +414,8 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     forward = torch.compile(replica) if cfg.compile else replica
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"))
-    track_peak = device.type == "cpu" and world == 1 and not cfg.compile   # else the CUDA counter, or nothing
+    # else the CUDA counter, or nothing (torch's MemTracker is a dispatch mode, which torch.compile refuses)
+    track_peak = device.type == "cpu" and world == 1 and not cfg.compile and not cfg.compile_optimizer
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     peak = rows[-1].get("peak_bytes", math.nan) if rows else math.nan
@@ -609,6 +616,8 @@ def _parser() -> ArgumentParser:
                    help="steps (comma-separated) where gradient windows are saved")
     p.add_argument("--resume", action="store_true", help="continue each run from its checkpoint")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile-optimizer", action="store_true", help="torch.compile each optimizer's per-tensor "
+                   "step (compile=True)")
     p.add_argument("--layerwise", action="store_true", help="update each parameter inside backward and free its "
                    "gradient (zoo.layerwise); needs --grad-clip 0, one process")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="autocast: auto is bf16 on CUDA, fp32 on the CPU")
@@ -620,7 +629,8 @@ def _parser() -> ArgumentParser:
                    help="no progress report (a bar on a terminal, a line per quarter of a run otherwise)")
     for f in fields(Config):
         if f.name in ("task", "model", "optimizers", "seeds", "lr", "out", "corpus", "data_dir", "capture_grads",
-                      "resume", "compile", "progress", "layerwise", "dtype", "weights", "fsdp"):
+                      "resume", "compile", "compile_optimizer", "progress", "layerwise", "dtype", "weights",
+                      "fsdp"):
             continue
         kind = {"warmup": int, "weight_decay": float, "rank": int, "batch_size": int}.get(f.name, type(f.default))
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,

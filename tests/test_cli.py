@@ -41,6 +41,8 @@ BAD_INPUTS = {   # entry point -> (arguments, what the one line must say)
         (["llama", "--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
         (["llama", *TINY, "--fsdp"], "--fsdp shards the model over the processes of torch.distributed: start the run "
                                      "with torchrun"),
+        (["llama", "--fsdp", "--compile-optimizer"], "--compile-optimizer compiles steps of whole tensors; with "
+                                                     "--fsdp the parameters are DTensors"),
         (["llama", "--fsdp", "--capture-grads", "1"], "capture_grads (--capture-grads) records whole gradients; with "
                                                       "--fsdp each rank holds a shard"),
         (["llama", "--weights", "int4"], "argument --weights: invalid choice: 'int4'"),

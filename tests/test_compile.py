@@ -163,3 +163,23 @@ def test_create_and_per_layer_updates_take_compile():
     assert optimizer.compile is True and math.isfinite(optimizer.aligned_fraction())
     for a, b in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_dispatch_mode_is_refused_by_compile_and_run_eagerly_by_auto():
+    """torch.compile cannot run under a TorchDispatchMode (a memory tracker, for instance)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    strict = zoo.get("adamw")(parameters(), lr=1e-2, compile=True)
+    with Passing(), pytest.raises(RuntimeError, match="TorchDispatchMode \\(Passing"):
+        run(strict.param_groups[0]["params"], strict, 1)
+    eager, fallback = parameters(), parameters()
+    reference = zoo.get("adamw")(eager, lr=1e-2)
+    optimizer = zoo.get("adamw")(fallback, lr=1e-2, compile="auto")
+    with Passing(), pytest.warns(UserWarning, match="TorchDispatchMode"):
+        run(fallback, optimizer, 2)
+    run(eager, reference, 2)
+    assert all(torch.equal(a, b) for a, b in zip(fallback, eager))

@@ -312,3 +312,12 @@ def test_markdown_table():
     lines = text.splitlines()
     assert lines[0].startswith("| optimizer | final val loss | std |") and lines[1].startswith("| --- |")
     assert lines[2].startswith("| lion | 1.5 |") and len(lines) == 4
+
+
+def test_compiled_optimizer_steps_train_as_the_eager_ones(tmp_path):
+    """--compile-optimizer: every step through torch.compile, the same run to float32 round-off."""
+    eager, _ = compare(small(tmp_path / "eager", optimizers=("c-adamw", "apollo-mini"), steps=4))
+    compiled, _ = compare(small(tmp_path / "compiled", optimizers=("c-adamw", "apollo-mini"), steps=4,
+                                compile_optimizer=True))
+    pd.testing.assert_series_equal(compiled["train_loss"], eager["train_loss"], rtol=1e-5)
+    pd.testing.assert_series_equal(compiled["masked_fraction"], eager["masked_fraction"], atol=1e-6)

@@ -32,6 +32,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..caution import check_norm
 from ..quantized import ROUNDING_KEY, QuantizedWeight, working_copy
@@ -409,6 +410,10 @@ def compiled(fn, settings: dict):
 def _compiled_run(fn, param: Tensor, tensors: tuple, scalars: dict, settings: dict):
     if is_dtensor(param):
         raise _CompileFailure("parameters sharded by FSDP2 (DTensors) are not supported by the compiled steps")
+    mode = _get_current_dispatch_mode()
+    if mode is not None:
+        raise _CompileFailure(f"a TorchDispatchMode ({type(mode).__name__}, e.g. a memory tracker) is active, which "
+                              "torch.compile does not support")
     if sys.platform == "win32" and param.device.type == "cpu":
         raise _CompileFailure("inductor's CPU code generation is not supported on Windows")
     values = {k: None if v is None else torch.tensor(v, dtype=torch.float64, device=param.device)
