@@ -12,8 +12,8 @@ and for the low-rank optimizers the cost of the steps that refresh their project
     python -m analysis.bench step --only adamw,c-adamw --rounds 3 --csv step.csv
     python -m analysis.bench step --compile --only adamw,c-adamw,lion,c-lion   # + compiled steps
 
-Workload: ``--count`` fp32 matrices of ``--shape`` (default 12 of 512x2048), parameters and
-gradients drawn once (seed 0); every step reuses the same gradients. Each zoo optimizer, built with
+Workload: ``--count`` matrices of ``--shape`` (default 12 of 512x2048, ``--dtype`` fp32, on the CPU or
+``--device cuda``), parameters and gradients drawn once (seed 0); every step reuses the same gradients. Each zoo optimizer, built with
 ``zoo.get(name)(params, lr=1e-4)`` (so with its own defaults otherwise, e.g. Muon's weight decay), and
 the baselines ``torch.optim.AdamW(foreach=False)`` / ``(foreach=True)`` / ``(fused=True)`` (and
 the zoo's ``adamw`` with ``fused=True``, when ``adamw`` is measured) get their own copy of
@@ -61,10 +61,13 @@ VARIANTS = {"adamw-fused": ("adamw", {"fused": True})}   # name -> zoo name, opt
 LR = 1e-4
 
 
-def bandwidth_kernels(megabytes: int) -> dict:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def bandwidth_kernels(megabytes: int, device: str = "cpu") -> dict:
     """Streaming kernels on fp32 tensors of ``megabytes`` MiB, each with the bytes it must move:
     ``copy`` (``dst.copy_(src)``: read + write) and ``add`` (``dst.add_(src)``: 2 reads + write)."""
-    src = torch.ones(megabytes * 2**20 // 4)
+    src = torch.ones(megabytes * 2**20 // 4, device=device)
     dst = src.clone()
     return {"copy": (lambda: dst.copy_(src), 2 * src.nbytes), "add": (lambda: dst.add_(src), 3 * src.nbytes)}
 
@@ -99,28 +102,37 @@ def bytes_moved(opt: torch.optim.Optimizer) -> int:
 
 
 def seconds_per_call(fn, warmup: int, steps: int) -> float:
-    """Mean seconds of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls."""
+    """Mean seconds of ``fn()`` over ``steps`` calls, after ``warmup`` untimed calls (CUDA work
+    waited for on both sides of the timing)."""
     for _ in range(warmup):
         fn()
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         fn()
+    synchronize()
     return (time.perf_counter() - start) / steps
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def step_table(names: list[str], shape: tuple[int, ...], count: int, rounds: int, warmup: int,
-               steps: int, copy_mb: int, seed: int = 0, compiled: bool = False) -> tuple[pd.DataFrame, dict]:
+               steps: int, copy_mb: int, seed: int = 0, compiled: bool = False, device: str = "cpu",
+               dtype: str = "fp32") -> tuple[pd.DataFrame, dict]:
     """One row per optimizer (``names`` plus the torch baselines, and with ``compiled`` each name
     with ``compile=True``), indexed and sorted by name, and the bandwidth (bytes/s) of each of
-    :func:`bandwidth_kernels`, timed in the same rounds."""
+    :func:`bandwidth_kernels`, timed in the same rounds; tensors of ``dtype`` on ``device``."""
     gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(shape, generator=gen) for _ in range(count)]
-    grads = [torch.randn(shape, generator=gen) for _ in range(count)]
+    params = [torch.randn(shape, generator=gen).to(device, DTYPES[dtype]) for _ in range(count)]
+    grads = [torch.randn(shape, generator=gen).to(device, DTYPES[dtype]) for _ in range(count)]
     extra = [v for v, (base, _) in VARIANTS.items() if base in names]
     extra += [name + COMPILED for name in names] if compiled else []
     built = {name: build(name, params, grads) for name in track([*names, *extra, *BASELINES], "build")}
     opts = {name: opt for name, (opt, _) in built.items()}
-    streams = bandwidth_kernels(copy_mb)
+    streams = bandwidth_kernels(copy_mb, device)
     kernels = {name: fn for name, (fn, _) in streams.items()} | {name: opt.step for name, opt in opts.items()}
     times: dict[str, list[float]] = {name: [] for name in kernels}
     order = list(kernels)
@@ -213,10 +225,13 @@ def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFra
                              "(or be 0: no refresh measurement), so that steps without a refresh are timed too")
         if args.csv and not Path(args.csv).resolve().parent.is_dir():
             raise ValueError(f"--csv {args.csv}: its folder does not exist")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
     table, bandwidths = step_table(names, args.shape, args.count, args.rounds, args.warmup, args.steps,
-                                   args.copy_mb, compiled=args.compile)
+                                   args.copy_mb, compiled=args.compile, device=args.device, dtype=args.dtype)
     shape = "x".join(map(str, args.shape))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.count} x {shape} fp32, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {args.count} x {shape} {args.dtype}, "
           f"{args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), lr={LR}")
     copy, add = bandwidths["copy"] / 1e9, bandwidths["add"] / 1e9
     print(f"copy bandwidth: {copy:.1f} GB/s (dst.copy_(src), 2 x nbytes, {args.copy_mb} MiB fp32, same rounds)")
@@ -308,6 +323,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     step.add_argument("--refresh-steps", type=integer(0), default=16,
                       help="steps of the low-rank refresh measurement (0: skip it)")
     step.add_argument("--csv", help="also save the table to this CSV file")
+    step.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    step.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="of parameters, gradients and state")
     step.add_argument("--compile", action="store_true", help="also time every name with compile=True "
                       "(its first step, compilation included, in the 'first step s' column)")
     step.set_defaults(run=step_command)
