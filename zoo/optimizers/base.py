@@ -4,8 +4,9 @@ non-finite gradients.
 
 A subclass states its hyper-parameters' ranges in ``_validate`` (called for every param group,
 so a bad value in any group is refused), says why caution would be a no-op in
-``_caution_noop_reason`` where that can happen, and does the math of one group in
-``_update_group`` by calling its functional core. For :meth:`ZooOptimizer.load_state_dict` it
+``_caution_noop_reason`` where that can happen, and in ``_update_group`` calls, through
+:meth:`ZooOptimizer._run`, its per-tensor step function built from :mod:`zoo.optimizers.blocks`
+(compiled with ``compile=True``). For :meth:`ZooOptimizer.load_state_dict` it
 names the settings that say which optimizer a state belongs to (``defining_settings``), the
 settings torch.optim's counterpart writes (``torch_settings``) and the keys of a parameter's
 state (``state_keys`` or ``_state_keys``).

@@ -1,5 +1,5 @@
 """Low-rank AdamW family: APOLLO, APOLLO-Mini, APOLLO-SVD (Zhu et al. 2025), GaLore (Zhao et al.
-2024) and Fira (Chen et al. 2024), PAPERS.md §B. One functional core, three thin classes.
+2024) and Fira (Chen et al. 2024), PAPERS.md §B. One step function, three thin classes.
 
 For a 2-D weight W (m, n) with gradient G in a group with a ``rank``, step t (1, 2, ...)::
 
