@@ -12,8 +12,9 @@ and for the low-rank optimizers the cost of the steps that refresh their project
     python -m analysis.bench step --only adamw,c-adamw --rounds 3 --csv step.csv
     python -m analysis.bench step --compile --only adamw,c-adamw,lion,c-lion   # + compiled steps
 
-Workload: ``--count`` matrices of ``--shape`` (default 12 of 512x2048, ``--dtype`` fp32, on the CPU or
-``--device cuda``), parameters and gradients drawn once (seed 0); every step reuses the same gradients. Each zoo optimizer, built with
+Workload: ``--count`` matrices of ``--shape`` (default 12 of 512x2048, ``--dtype`` fp32, on the CPU
+or ``--device cuda``), parameters and gradients drawn once (seed 0); every step reuses the same
+gradients. Each zoo optimizer, built with
 ``zoo.get(name)(params, lr=1e-4)`` (so with its own defaults otherwise, e.g. Muon's weight decay), and
 the baselines ``torch.optim.AdamW(foreach=False)`` / ``(foreach=True)`` / ``(fused=True)`` (and
 the zoo's ``adamw`` with ``fused=True``, when ``adamw`` is measured) get their own copy of

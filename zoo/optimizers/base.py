@@ -19,7 +19,8 @@ to the weight, so the state stays keyed by the weight.
 **Non-finite gradients** (every optimizer, tested): as in torch.optim, a NaN or infinite gradient
 entry reaches the weight, which becomes non-finite at that step, visibly; no optimizer raises on
 it part-way through a step, and none freezes a coordinate silently (a sign of NaN is 0 in torch:
-the signed and clipped updates add ``0 * g`` to carry it, :func:`carry_nonfinite`).
+the signed and clipped updates add ``0 * g`` to carry it,
+:func:`zoo.optimizers.blocks.carry_nonfinite`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from ..caution import check_norm
 from ..quantized import ROUNDING_KEY, QuantizedWeight, working_copy
 from ..sharding import global_sum, is_dtensor
-from .blocks import carry_nonfinite  # noqa: F401  (where it was)
 
 COMPILE = (False, True, "auto")
 """Values of ``compile``: eager steps, compiled steps (an error where compiling fails), or

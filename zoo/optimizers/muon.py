@@ -147,7 +147,9 @@ class Muon(ZooOptimizer):
         grads = self._grads(group, params)
         matrices = [self._orthogonalised(p, group) for p in params]
         lr = as_float(group["lr"])
-        for param, grad in ((p, g) for p, g, matrix in zip(params, grads, matrices) if matrix):
+        for param, grad, matrix in zip(params, grads, matrices):
+            if not matrix:
+                continue
             state = self._state(param)
             if not state:
                 state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
