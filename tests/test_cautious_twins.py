@@ -51,6 +51,32 @@ def ref_adam(p, g, s, t, hp, norm, decoupled):
     return p - hp["lr"] * phi(u, g, norm)
 
 
+def ref_rmsprop(p, g, s, t, hp, norm):
+    g = g + hp["weight_decay"] * p
+    alpha = hp["alpha"]
+    s["v"] = alpha * s.get("v", zeros(p)) + (1 - alpha) * g * g
+    variance = s["v"]
+    if hp.get("centered"):
+        s["a"] = alpha * s.get("a", zeros(p)) + (1 - alpha) * g
+        variance = s["v"] - s["a"] ** 2
+    s["b"] = hp["momentum"] * s.get("b", zeros(p)) + g / (torch.sqrt(variance) + hp["eps"])
+    return p - hp["lr"] * phi(s["b"], g, norm)
+
+
+def ref_radam(p, g, s, t, hp, norm):
+    b1, b2 = hp["betas"]
+    g = g + hp["weight_decay"] * p
+    s["m"] = b1 * s.get("m", zeros(p)) + (1 - b1) * g
+    s["v"] = b2 * s.get("v", zeros(p)) + (1 - b2) * g * g
+    rho_inf = 2 / (1 - b2) - 1
+    rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+    u = s["m"] / (1 - b1**t)
+    if rho > 5:   # the adaptive, rectified step; before it, momentum SGD
+        rect = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        u = u * math.sqrt(1 - b2**t) / (torch.sqrt(s["v"]) + hp["eps"]) * rect
+    return p - hp["lr"] * phi(u, g, norm)
+
+
 def ref_nadamw(p, g, s, t, hp, norm):
     b1, b2 = hp["betas"]
     psi = 4e-3
@@ -167,6 +193,8 @@ TWINS = {
                                                    rank=2, update_proj_gap=4, scale=0.25)),
     "c-fira": (lowrank_reference("fira"), dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
                                                rank=2, update_proj_gap=4, scale=1.0, norm_growth_limit=1.01)),
+    "c-rmsprop": (ref_rmsprop, dict(lr=0.01, alpha=0.9, eps=1e-8, momentum=0.8, centered=True, weight_decay=0.02)),
+    "c-radam": (ref_radam, dict(lr=0.05, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.02)),
     "c-muon": (ref_muon, dict(lr=0.02, momentum=0.9, weight_decay=0.1, adamw_betas=(0.9, 0.95),
                               ns_dtype=torch.float64)),
 }

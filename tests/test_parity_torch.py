@@ -17,11 +17,19 @@ CASES = [
     ("nadamw", dict(betas=(0.8, 0.95), weight_decay=0.1), "NAdam",
      dict(betas=(0.8, 0.95), weight_decay=0.1, decoupled_weight_decay=True)),
     ("adafactor", dict(weight_decay=0.1), "Adafactor", dict(weight_decay=0.1)),
+    ("rmsprop", dict(alpha=0.9, weight_decay=0.02), "RMSprop", dict(alpha=0.9, weight_decay=0.02)),
+    ("rmsprop", dict(momentum=0.8, weight_decay=0.02), "RMSprop", dict(momentum=0.8, weight_decay=0.02)),
+    ("rmsprop", dict(momentum=0.8, centered=True, alpha=0.95), "RMSprop",
+     dict(momentum=0.8, centered=True, alpha=0.95)),
+    ("radam", dict(betas=(0.8, 0.95), weight_decay=0.02), "RAdam", dict(betas=(0.8, 0.95), weight_decay=0.02)),
+    ("radam", dict(betas=(0.8, 0.95), weight_decay=0.1, decoupled_weight_decay=True), "RAdam",
+     dict(betas=(0.8, 0.95), weight_decay=0.1, decoupled_weight_decay=True)),
 ]
 
 
 @pytest.mark.parametrize("maximize", [False, True])
-@pytest.mark.parametrize("name,ours,torch_name,theirs", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,ours,torch_name,theirs", CASES,
+                         ids=[f"{c[0]}-{'-'.join(f'{k}={v}' for k, v in c[1].items())}" for c in CASES])
 def test_matches_torch_optim(float64, name, ours, torch_name, theirs, maximize):
     ref_cls = getattr(torch.optim, torch_name, None)
     if ref_cls is None:

@@ -22,6 +22,8 @@ TORCH = {
     "nadamw": ("NAdam", dict(lr=0.05, betas=(0.8, 0.95), weight_decay=0.1)),
     "adafactor": ("Adafactor", dict(lr=0.05, weight_decay=0.1)),
     "muon": ("Muon", dict(lr=0.02, weight_decay=0.1, momentum=0.9)),
+    "rmsprop": ("RMSprop", dict(lr=0.01, momentum=0.8, centered=True, weight_decay=0.02)),
+    "radam": ("RAdam", dict(lr=0.05, betas=(0.8, 0.95), weight_decay=0.02)),
 }
 TORCH_ONLY = {"nadamw": dict(decoupled_weight_decay=True)}   # what torch needs to be that optimizer
 

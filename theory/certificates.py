@@ -40,6 +40,12 @@ NO_CERTIFICATE = {
               "(Theorem A.4, theory.apollo_bound), not a Lyapunov function",
     "galore": "Adam in a subspace that changes every T steps; no Hamiltonian is stated for it",
     "fira": "GaLore plus a scaled residual; no Hamiltonian is stated for it",
+    "rmsprop": "momentum over a gradient divided by its running RMS, whose preconditioner lags the "
+               "gradient by its own average; not among the paper's examples, and no Hamiltonian is "
+               "stated for it",
+    "radam": "Adam whose adaptive step switches on after a warm-up and is scaled by a step-dependent "
+             "rectifier; the paper's Adam Hamiltonian covers the unrectified continuous-time limit, "
+             "not this discrete switch",
 }
 
 

@@ -10,10 +10,12 @@ from .laprop import LaProp
 from .lion import Lion, Signum
 from .lowrank import Apollo, Fira, GaLore
 from .muon import Muon
+from .radam import RAdam
+from .rmsprop import RMSprop
 from .sgd import SGD
 
 __all__ = ["ZooOptimizer", "SGD", "Adam", "AdamW", "NAdamW", "Lion", "Signum", "Adafactor", "LaProp",
-           "ADOPT", "Muon", "Apollo", "GaLore", "Fira"]
+           "ADOPT", "Muon", "Apollo", "GaLore", "Fira", "RMSprop", "RAdam"]
 
 _CAUTION_REFERENCE = "Liang et al. 2024, Cautious Optimizers (arXiv 2411.16085), over {}"
 
@@ -54,6 +56,10 @@ register_family(LaProp, "laprop", state="2 numel (m, v)", reference="Ziyin et al
 register_family(ADOPT, "adopt", state="2 numel (m, v)", reference="Taniguchi et al. 2024, ADOPT")
 register_family(Muon, "muon", state="numel per matrix (momentum), 2 numel per AdamW tensor",
                 reference="Jordan et al. 2024; torch.optim.Muon")
+register_family(RMSprop, "rmsprop", twin_defaults={"momentum": 0.9},
+                state="numel (v), + numel with momentum (b), + numel centred (a)",
+                reference="Hinton 2012, Graves 2013 (centred); torch.optim.RMSprop")
+register_family(RAdam, "radam", state="2 numel (m, v)", reference="Liu et al. 2020, RAdam; torch.optim.RAdam")
 
 # the low-rank family (PAPERS.md §B); state per m x n weight, k = max(m, n) kept, c = min(m, n) compressed
 register_family(Apollo, "apollo", low_rank=True, twin=False, state="2kr + 2 (M, V; seed, limiter norm)",
