@@ -20,6 +20,8 @@ STEPS = 25
 
 
 def phi(u, g, norm, sign_of=None):
+    if norm is None:   # the base optimizer: no mask
+        return u
     mask = ((u if sign_of is None else sign_of) * g > 0).to(u.dtype)
     if norm == "mean":
         return u * mask / max(mask.mean().item(), 1e-3)
@@ -75,6 +77,17 @@ def ref_radam(p, g, s, t, hp, norm):
         rect = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
         u = u * math.sqrt(1 - b2**t) / (torch.sqrt(s["v"]) + hp["eps"]) * rect
     return p - hp["lr"] * phi(u, g, norm)
+
+
+def ref_lamb(p, g, s, t, hp, norm):
+    b1, b2 = hp["betas"]
+    s["m"] = b1 * s.get("m", zeros(p)) + (1 - b1) * g
+    s["v"] = b2 * s.get("v", zeros(p)) + (1 - b2) * g * g
+    u = (s["m"] / (1 - b1**t)) / (torch.sqrt(s["v"]) / math.sqrt(1 - b2**t) + hp["eps"])
+    u = phi(u, g, norm) + hp["weight_decay"] * p   # the mask acts before the decay and the trust ratio
+    w, n = p.norm(), u.norm()
+    trust = w / n if w > 0 and n > 0 else 1.0
+    return p - hp["lr"] * trust * u
 
 
 def ref_nadamw(p, g, s, t, hp, norm):
@@ -194,6 +207,7 @@ TWINS = {
     "c-fira": (lowrank_reference("fira"), dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
                                                rank=2, update_proj_gap=4, scale=1.0, norm_growth_limit=1.01)),
     "c-rmsprop": (ref_rmsprop, dict(lr=0.01, alpha=0.9, eps=1e-8, momentum=0.8, centered=True, weight_decay=0.02)),
+    "c-lamb": (ref_lamb, dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05)),
     "c-radam": (ref_radam, dict(lr=0.05, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.02)),
     "c-muon": (ref_muon, dict(lr=0.02, momentum=0.9, weight_decay=0.1, adamw_betas=(0.9, 0.95),
                               ns_dtype=torch.float64)),
@@ -218,3 +232,40 @@ def test_cautious_twin_matches_reference(float64, name, norm):
     # the mask acted on this problem: the twin left its base optimizer's trajectory
     base = trajectory(lambda q: zoo.get(zoo.info(name).base)(q, **hp), STEPS, first_step=1)
     assert any(not torch.allclose(a, b) for a, b in zip(ours[-1], base[-1]))
+
+
+BASES = {"lamb": (ref_lamb, dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05))}
+"""Bases without a torch.optim counterpart, against the same plain references without the mask."""
+
+
+@pytest.mark.parametrize("name", sorted(BASES))
+def test_base_matches_reference(float64, name):
+    reference, hp = BASES[name]
+    params = make_params()
+    opt = zoo.get(name)(params, **hp)
+    states = [{} for _ in params]
+    ours, ref = side_by_side(
+        opt, params, lambda ps, grads, t: [reference(p, g, s, t, hp, None) for p, g, s in zip(ps, grads, states)],
+        loss_fn, STEPS)
+    assert_trajectories_equal(ours, ref, rtol=1e-11, atol=1e-12)
+
+
+def test_lamb_global_clip_divides_every_gradient_by_one_factor(float64):
+    """max_grad_norm: every gradient divided by max(||all gradients|| / max_grad_norm, 1) before the
+    step, the same as the unclipped LAMB given the divided gradients."""
+    clipped, plain = make_params(), make_params()
+    a = zoo.get("lamb")(clipped, lr=0.02, max_grad_norm=0.5)
+    b = zoo.get("lamb")(plain, lr=0.02)
+    for t in range(1, 6):
+        for params in (clipped, plain):
+            for p in params:
+                p.grad = None
+            loss_fn(params, t).backward()
+        total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in clipped]))
+        assert total > 0.5   # the clip acts
+        for p in plain:
+            p.grad = p.grad / (total / 0.5)
+        a.step()
+        b.step()
+    for x, y in zip(clipped, plain):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-13)

@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 
 import zoo
 
-SHAPES = [((16, 24), torch.float32), ((24,), torch.float32), ((12, 20), torch.float64)]
+SHAPES = [((16, 24), torch.float32), ((24,), torch.float32), ((12, 20), torch.float64), ((), torch.float64)]
 STEPS = 50
 
 
@@ -53,8 +53,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", zoo.names())
 def test_compiled_equals_eager_and_never_recompiles(name):
-    """50 steps of float32 and float64 tensors (a matrix of each, a vector): within 1e-5 relative
-    in float32 and 1e-10 in float64, and no graph compiled after the third step."""
+    """50 steps of float32 and float64 tensors (a matrix of each, a vector, a 0-d tensor): within
+    1e-5 relative in float32 and 1e-10 in float64, and no graph compiled after the third step."""
     eager, compiled = parameters(), parameters()
     reference = zoo.get(name)(eager, **options(name))
     optimizer = zoo.get(name)(compiled, **options(name), compile=True)

@@ -75,9 +75,14 @@ def collectives(results, name) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.names(cautious=False) if not zoo.info(n).low_rank
-                                  and n not in ("muon", "adafactor")])
+                                  and n not in ("muon", "adafactor", "lamb")])
 def test_element_wise_steps_communicate_nothing(results, name):
     assert collectives(results, name) == [{}] * 4
+
+
+def test_lamb_reduces_its_two_norms_in_one_all_reduce_per_tensor(results):
+    """The trust ratio ||p|| / ||u|| of a sharded tensor: both norms summed over the ranks at once."""
+    assert collectives(results, "lamb") == [{"all_reduce": TENSORS}] * 4
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.names(cautious=True) if not zoo.info(n).low_rank])

@@ -43,6 +43,8 @@ NO_CERTIFICATE = {
     "rmsprop": "momentum over a gradient divided by its running RMS, whose preconditioner lags the "
                "gradient by its own average; not among the paper's examples, and no Hamiltonian is "
                "stated for it",
+    "lamb": "the trust ratio rescales each tensor's Adam step by ||p|| / ||u||, a factor that is "
+            "neither coordinate-wise nor smooth where a norm vanishes; no Hamiltonian is stated for it",
     "radam": "Adam whose adaptive step switches on after a warm-up and is scaled by a step-dependent "
              "rectifier; the paper's Adam Hamiltonian covers the unrectified continuous-time limit, "
              "not this discrete switch",

@@ -6,6 +6,7 @@ from .adafactor import Adafactor
 from .adam import Adam, AdamW, NAdamW
 from .adopt import ADOPT
 from .base import ZooOptimizer
+from .lamb import Lamb
 from .laprop import LaProp
 from .lion import Lion, Signum
 from .lowrank import Apollo, Fira, GaLore
@@ -15,7 +16,7 @@ from .rmsprop import RMSprop
 from .sgd import SGD
 
 __all__ = ["ZooOptimizer", "SGD", "Adam", "AdamW", "NAdamW", "Lion", "Signum", "Adafactor", "LaProp",
-           "ADOPT", "Muon", "Apollo", "GaLore", "Fira", "RMSprop", "RAdam"]
+           "ADOPT", "Muon", "Apollo", "GaLore", "Fira", "RMSprop", "RAdam", "Lamb"]
 
 _CAUTION_REFERENCE = "Liang et al. 2024, Cautious Optimizers (arXiv 2411.16085), over {}"
 
@@ -60,6 +61,8 @@ register_family(RMSprop, "rmsprop", twin_defaults={"momentum": 0.9},
                 state="numel (v), + numel with momentum (b), + numel centred (a)",
                 reference="Hinton 2012, Graves 2013 (centred); torch.optim.RMSprop")
 register_family(RAdam, "radam", state="2 numel (m, v)", reference="Liu et al. 2020, RAdam; torch.optim.RAdam")
+register_family(Lamb, "lamb", state="2 numel (m, v)",
+                reference="You et al. 2020, LAMB; timm.optim.Lamb (max_grad_norm off by default)")
 
 # the low-rank family (PAPERS.md §B); state per m x n weight, k = max(m, n) kept, c = min(m, n) compressed
 register_family(Apollo, "apollo", low_rank=True, twin=False, state="2kr + 2 (M, V; seed, limiter norm)",

@@ -420,11 +420,13 @@ def _compiled_run(fn, param: Tensor, tensors: tuple, scalars: dict, settings: di
     values = {k: None if v is None else torch.tensor(v, dtype=torch.float64, device=param.device)
               for k, v in scalars.items()}
     try:
-        # a Parameter's sizes are static in dynamo; its plain alias lets sizes go dynamic. A 0-d
-        # state tensor goes in as a 1-element view: torch 2.13's compiled code drops in-place
-        # writes to a 0-d float64 CPU input (APOLLO's limiter norm would never be recorded)
-        tensors = tuple(t.view(1) if isinstance(t, Tensor) and t.dim() == 0 else t for t in tensors)
-        return compiled(fn, settings)(param.detach(), *tensors, **values, **settings)
+        # a Parameter's sizes are static in dynamo; its plain alias lets sizes go dynamic. Every 0-d
+        # tensor (the parameter too, so that shapes stay alike) goes in as a 1-element view: torch
+        # 2.13's compiled code drops in-place writes to a 0-d float64 CPU input (APOLLO's limiter
+        # norm would never be recorded)
+        param, *tensors = (t.view(1) if isinstance(t, Tensor) and t.dim() == 0 else t
+                           for t in (param.detach(), *tensors))
+        return compiled(fn, settings)(param, *tensors, **values, **settings)
     except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.BackendCompilerFailed) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _CompileFailure(reason) from error
