@@ -2,7 +2,6 @@
 step to float round-off, never recompiles as steps advance or the learning rate changes, fuses
 caution for every normalisation, and exchanges state dicts with the eager optimizer."""
 import math
-import warnings
 
 import pytest
 import torch

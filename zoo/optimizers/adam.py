@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..caution import caution as cautious
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
-from .blocks import add_, addcdiv_, apply_, bias_correction, decay_, ema_, ema_sq_, l2
+from .blocks import adam_moments_, add_, addcdiv_, apply_, bias_correction
 
 __all__ = ["Adam", "AdamW", "NAdamW", "adam_step", "nadamw_step"]
 
@@ -34,12 +34,8 @@ def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
               bias_correction2_sqrt, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
               caution: bool, caution_norm) -> Tensor | None:
     """One tensor's step of Adam (``decoupled=False``) or AdamW (``decoupled=True``)."""
-    if decoupled:
-        decay_(param, lr, weight_decay)
-    else:
-        grad = l2(grad, param, weight_decay)
-    ema_(exp_avg, grad, beta1)
-    ema_sq_(exp_avg_sq, grad, beta2)
+    grad = adam_moments_(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                         weight_decay=weight_decay, decoupled=decoupled)
     denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
     return apply_(param, exp_avg, grad, -lr / bias_correction1, caution, caution_norm, denom=denom)
 
@@ -83,9 +79,8 @@ def nadamw_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
                 grad_coef, avg_coef, beta1: float, beta2: float, eps: float, weight_decay: float, caution: bool,
                 caution_norm) -> Tensor | None:
     """One tensor's step of NAdamW; the momentum coefficients come from the caller."""
-    decay_(param, lr, weight_decay)
-    ema_(exp_avg, grad, beta1)
-    ema_sq_(exp_avg_sq, grad, beta2)
+    adam_moments_(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                  decoupled=True)
     denom = exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)
     if caution:
         direction = add_(grad.mul(grad_coef), exp_avg, avg_coef)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..caution import mask_and_count
 
-__all__ = ["add_", "addcmul_", "addcdiv_", "decay_", "l2", "ema_", "ema_sq_", "bias_correction",
+__all__ = ["add_", "addcmul_", "addcdiv_", "decay_", "l2", "ema_", "ema_sq_", "adam_moments_", "bias_correction",
            "apply_", "carry_nonfinite"]
 
 
@@ -56,6 +56,20 @@ def ema_(average: Tensor, value: Tensor, beta: float) -> Tensor:
 def ema_sq_(average: Tensor, value: Tensor, beta: float) -> Tensor:
     """``v <- beta * v + (1 - beta) * value^2``, as torch.optim."""
     return average.mul_(beta).addcmul_(value, value, value=1 - beta)
+
+
+def adam_moments_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, lr, beta1: float,
+                  beta2: float, weight_decay: float, decoupled: bool) -> Tensor:
+    """Weight decay (decoupled on ``p``, or the L2 term into ``g``), then Adam's two moments, as
+    torch.optim's Adam/AdamW/NAdam/RAdam; returns the gradient the step goes on with (with the
+    L2 term)."""
+    if decoupled:
+        decay_(param, lr, weight_decay)
+    else:
+        grad = l2(grad, param, weight_decay)
+    ema_(exp_avg, grad, beta1)
+    ema_sq_(exp_avg_sq, grad, beta2)
+    return grad
 
 
 def bias_correction(beta: float, step: int) -> float:

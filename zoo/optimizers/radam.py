@@ -20,7 +20,7 @@ from torch import Tensor
 from ..caution import mask_and_count
 from .adam import _AdaptiveBase
 from .base import as_float, check_bool
-from .blocks import bias_correction, decay_, ema_, ema_sq_, l2
+from .blocks import adam_moments_, bias_correction
 
 __all__ = ["RAdam", "radam_step", "rectification"]
 
@@ -38,12 +38,8 @@ def radam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
                bias_correction2, rect, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
                caution: bool, caution_norm) -> Tensor | None:
     """One tensor's step; ``rect`` is :func:`rectification` (0: no adaptive step yet)."""
-    if decoupled:
-        decay_(param, lr, weight_decay)
-    else:
-        grad = l2(grad, param, weight_decay)
-    ema_(exp_avg, grad, beta1)
-    ema_sq_(exp_avg_sq, grad, beta2)
+    grad = adam_moments_(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                         weight_decay=weight_decay, decoupled=decoupled)
     direction, count = exp_avg, None
     if caution:
         phi, count = mask_and_count(exp_avg, grad, caution_norm)

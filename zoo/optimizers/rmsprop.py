@@ -15,7 +15,6 @@ denominator, which always agrees with ``g``: caution is refused there.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .base import ZooOptimizer, as_float, check_bool, check_range
