@@ -78,6 +78,7 @@ class Config:
     batch_size: int | None = None              # global, split over ranks; default 16 (llama), 128 (mae)
     seq_len: int = 128                         # llama only
     lr: dict[str, float] = field(default_factory=dict)  # overrides DEFAULT_LR, by name
+    options: dict[str, dict] = field(default_factory=dict)  # more zoo.create arguments, by name
     warmup: int | None = None                  # default: 10% of steps
     min_lr_ratio: float = 0.1
     weight_decay: float | None = None          # None: 0 for llama, 0.05 for mae
@@ -137,9 +138,11 @@ class Config:
                              "(--capture-grads) would see none")
         if not self.optimizers or not self.seeds:
             raise ValueError("need at least one optimizer and one seed")
-        unknown = set(self.lr) - set(self.optimizers)
-        if unknown:
-            raise ValueError(f"--lr names {sorted(unknown)}, which are not in --optimizers {list(self.optimizers)}")
+        for setting, given in (("--lr", self.lr), ("options", self.options)):
+            unknown = set(given) - set(self.optimizers)
+            if unknown:
+                raise ValueError(f"{setting} names {sorted(unknown)}, which are not in --optimizers "
+                                 f"{list(self.optimizers)}")
         for key in ("steps", "batch_size", "seq_len", "eval_interval", "eval_batches", "capture_window"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -264,6 +267,7 @@ def _build_optimizer(cfg: Config, name: str, model: nn.Module):
         if "rank" not in rec.fixed:
             widths = [min(p.shape) for n, p in model.named_parameters() if default_low_rank_filter(n, p)]
             hparams["rank"] = cfg.rank or max(1, max(widths) // 4)
+    hparams.update(cfg.options.get(name, {}))
     return zoo.create(model, name, layerwise=cfg.layerwise, compile=cfg.compile_optimizer, **hparams)
 
 
