@@ -8,7 +8,10 @@
 Every (optimizer, seed) run starts from the same weights for a seed, sees the same batches, and
 follows a linear warm-up then cosine decay to ``min_lr_ratio`` of its peak learning rate, with
 gradient-norm clipping. It writes ``<out>/runs/<optimizer>_seed<seed>.csv`` (one row per step,
-:data:`METRICS`) and a checkpoint that ``--resume`` continues from bit for bit. The comparison
+:data:`METRICS`) and a checkpoint that ``--resume`` continues from bit for bit. An optimizer with
+``eval()`` and ``train()`` (Schedule-Free: the parameters hold its training point, not the model it
+averages) is switched to ``eval()`` for each evaluation and checkpoint and back to ``train()`` for
+training, so validation losses and checkpoints are of the averaged model. The comparison
 ends with :func:`summarize`: ``<out>/summary.md``, ``<out>/val_loss.png``, printed.
 
 Several processes (``torchrun``) train data-parallel with torch.distributed (gloo on CPU, nccl on
@@ -284,6 +287,13 @@ def _evaluate(task, model, device, autocast) -> float:
     return sum(losses) / len(losses)
 
 
+def _switch(optimizer, mode: str) -> None:
+    """``optimizer.eval()`` or ``optimizer.train()`` (``mode``) where the optimizer has them."""
+    method = getattr(optimizer, mode, None)
+    if callable(method):
+        method()
+
+
 def _shard(model: nn.Module, device: torch.device) -> None:
     """FSDP2 over all ranks: every block of the model's ``nn.ModuleList`` s its own unit (its
     parameters gathered for its forward and backward only), the rest with the root."""
@@ -411,6 +421,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         scheduler.load_state_dict(ckpt["scheduler"])
         data.set_state(ckpt["data_rng"])
         step, rows = ckpt["step"], ckpt["rows"]
+    _switch(optimizer, "train")   # a checkpoint holds the evaluated point (eval mode)
     capture = None
     if cfg.capture_grads:
         capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
@@ -425,8 +436,10 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     peak = rows[-1].get("peak_bytes", math.nan) if rows else math.nan
     cautious = zoo.info(name).cautious
     if step == 0:
+        _switch(optimizer, "eval")
         rows.append(dict(step=0, val_loss=_evaluate(task, model, device, autocast), samples=0, units=0, wall_s=0.0,
                          state_bytes=state_bytes(optimizer)))
+        _switch(optimizer, "train")
     progress = Progress(cfg.steps, f"{name} seed {seed}", initial=step, enabled=cfg.progress and rank == 0)
     while step < cfg.steps:
         tick = time.perf_counter()
@@ -461,6 +474,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
                    masked_fraction=1.0 - optimizer.aligned_fraction() if cautious else math.nan, peak_bytes=peak)
         evaluation = step % cfg.eval_interval == 0 or step == cfg.steps  # also where checkpoints go
         if evaluation:
+            _switch(optimizer, "eval")   # evaluated and checkpointed in eval mode, back to train mode after
             row["val_loss"] = _evaluate(task, model, device, autocast)
         rows.append(row)
         progress.update(loss=row["train_loss"], **({"val_loss": row["val_loss"]} if evaluation else {}))
@@ -471,6 +485,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
                 save_checkpoint(ckpt_path, dict(model=model_state, optimizer=optimizer_state,
                                                 scheduler=scheduler.state_dict(), data_rng=data.get_state(),
                                                 step=step, rows=rows, config=_signature(cfg, name)))
+            _switch(optimizer, "train")
     progress.close()
     if world > 1 and not cfg.fsdp and not _replicas_agree(model):
         raise RuntimeError(f"data-parallel replicas diverged ({name}, seed {seed})")
@@ -632,9 +647,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress report (a bar on a terminal, a line per quarter of a run otherwise)")
     for f in fields(Config):
-        if f.name in ("task", "model", "optimizers", "seeds", "lr", "out", "corpus", "data_dir", "capture_grads",
-                      "resume", "compile", "compile_optimizer", "progress", "layerwise", "dtype", "weights",
-                      "fsdp"):
+        if f.name in ("task", "model", "optimizers", "seeds", "lr", "options", "out", "corpus", "data_dir",
+                      "capture_grads", "resume", "compile", "compile_optimizer", "progress", "layerwise", "dtype",
+                      "weights", "fsdp"):
             continue
         kind = {"warmup": int, "weight_decay": float, "rank": int, "batch_size": int}.get(f.name, type(f.default))
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,

@@ -13,7 +13,12 @@ import torch
 
 import zoo
 from conftest import assert_trajectories_equal, loss_fn, make_params, side_by_side, trajectory
+from test_ademamix import ref_ademamix
+from test_adan import ref_adan
 from test_lowrank import ref_lowrank
+from test_mars import ref_mars
+from test_schedule_free import ref_sf_adamw
+from test_soap import ref_soap
 
 NORMS = ["mean", "paper", 0.1]
 STEPS = 25
@@ -211,6 +216,15 @@ TWINS = {
     "c-radam": (ref_radam, dict(lr=0.05, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.02)),
     "c-muon": (ref_muon, dict(lr=0.02, momentum=0.9, weight_decay=0.1, adamw_betas=(0.9, 0.95),
                               ns_dtype=torch.float64)),
+    "c-ademamix": (lambda *a: ref_ademamix(*a, phi=phi), dict(lr=0.02, betas=(0.8, 0.95, 0.99), alpha=5.0,
+                                                             alpha_warmup=10, beta3_warmup=15, weight_decay=0.1)),
+    "c-adan": (lambda *a: ref_adan(*a, phi=phi), dict(lr=0.02, betas=(0.8, 0.9, 0.95), eps=1e-6, weight_decay=0.1)),
+    "c-sf-adamw": (lambda *a: ref_sf_adamw(*a, phi=phi), dict(lr=0.05, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1,
+                                                              warmup_steps=5, r=0.5)),
+    "c-soap": (lambda *a: ref_soap(*a, phi=phi), dict(lr=0.02, betas=(0.8, 0.95), weight_decay=0.1,
+                                                     precondition_frequency=4, max_precond_dim=4)),
+    "c-mars": (lambda *a: ref_mars(*a, phi=phi), dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
+                                                     gamma=0.1)),
 }
 
 
@@ -234,7 +248,15 @@ def test_cautious_twin_matches_reference(float64, name, norm):
     assert any(not torch.allclose(a, b) for a, b in zip(ours[-1], base[-1]))
 
 
-BASES = {"lamb": (ref_lamb, dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05))}
+BASES = {"lamb": (ref_lamb, dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05)),
+         "ademamix": (lambda *a: ref_ademamix(*a, phi=phi), dict(lr=0.02, betas=(0.8, 0.95, 0.99), alpha=5.0,
+                                                                alpha_warmup=10, beta3_warmup=15, weight_decay=0.1)),
+         "adan": (ref_adan, dict(lr=0.02, betas=(0.8, 0.9, 0.95), eps=1e-6, weight_decay=0.1, no_prox=True)),
+         "sf-adamw": (ref_sf_adamw, dict(lr=0.05, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1, warmup_steps=5,
+                                         r=0.5)),
+         "soap": (ref_soap, dict(lr=0.02, betas=(0.8, 0.95), weight_decay=0.1, precondition_frequency=4,
+                                 max_precond_dim=4)),
+         "mars": (ref_mars, dict(lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1, gamma=0.1))}
 """Bases without a torch.optim counterpart, against the same plain references without the mask."""
 
 

@@ -75,7 +75,7 @@ def collectives(results, name) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.names(cautious=False) if not zoo.info(n).low_rank
-                                  and n not in ("muon", "adafactor", "lamb")])
+                                  and n not in ("muon", "adafactor", "lamb", "mars", "soap")])
 def test_element_wise_steps_communicate_nothing(results, name):
     assert collectives(results, name) == [{}] * 4
 
@@ -83,6 +83,23 @@ def test_element_wise_steps_communicate_nothing(results, name):
 def test_lamb_reduces_its_two_norms_in_one_all_reduce_per_tensor(results):
     """The trust ratio ||p|| / ||u|| of a sharded tensor: both norms summed over the ranks at once."""
     assert collectives(results, "lamb") == [{"all_reduce": TENSORS}] * 4
+
+
+def test_mars_reduces_the_clip_norm_in_one_all_reduce_per_matrix(results):
+    """The clip of the corrected gradient by its norm, on the matrices from the second step on (the
+    first takes the gradient unclipped, as timm); the biases take AdamW steps and communicate nothing."""
+    assert collectives(results, "mars") == [{}] + [{"all_reduce": MATRICES}] * 3
+
+
+@pytest.mark.parametrize("name", ["soap", "c-soap"])
+def test_soap_gathers_each_matrix_gradient_and_direction_once_per_step(results, name):
+    """Each matrix's gradient is gathered whole once (rotated into the eigenbasis and accumulated into
+    Shampoo's statistics on every rank) and its Adam direction once (rotated back, each rank keeping its
+    shard); the first step only sets the preconditioner up, from the gradient. The biases take plain Adam
+    steps, and the bases refresh every 10 steps, after these 4. Caution adds its counts' all-reduces."""
+    plain = [{"all_gather_into_tensor": MATRICES}] + [{"all_gather_into_tensor": 2 * MATRICES}] * 3
+    cautious = plain[:1] + [{"all_gather_into_tensor": 2 * MATRICES, "all_reduce": TENSORS}] * 3
+    assert collectives(results, name) == (cautious if name == "c-soap" else plain)
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.names(cautious=True) if not zoo.info(n).low_rank])

@@ -48,6 +48,21 @@ NO_CERTIFICATE = {
     "radam": "Adam whose adaptive step switches on after a warm-up and is scaled by a step-dependent "
              "rectifier; the paper's Adam Hamiltonian covers the unrectified continuous-time limit, "
              "not this discrete switch",
+    "ademamix": "Adam's numerator mixed with a slow, uncorrected EMA of the gradient, whose weight and rate "
+                "may be warmed up by step-dependent schedules; not among the paper's examples, and no "
+                "Hamiltonian is stated for it",
+    "adan": "Nesterov momentum built from an EMA of the gradient's step-to-step difference, over a second "
+            "moment of the extrapolated gradient, with a proximal decay; not among the paper's examples, and no "
+            "Hamiltonian is stated for it",
+    "schedule-free": "the gradient is taken at an interpolation of the Adam-normalised iterate z and its "
+                     "step-weighted average x; Schedule-Free's theory is an online-to-batch regret bound, not a "
+                     "Lyapunov function, and it is not among the paper's examples",
+    "soap": "Adam in the eigenbasis of Shampoo's preconditioner, a rotation that changes every few steps and "
+            "is not coordinate-wise; the paper's Adam Hamiltonian holds in a fixed basis only, and none is "
+            "stated for SOAP",
+    "mars": "Adam or Lion on the gradient plus a scaled step-to-step gradient difference, clipped to norm 1 per "
+            "tensor (a non-smooth, not coordinate-wise map); not among the paper's examples, and no Hamiltonian is "
+            "stated for it",
 }
 
 

@@ -4,19 +4,25 @@ from __future__ import annotations
 from ..registry import register
 from .adafactor import Adafactor
 from .adam import Adam, AdamW, NAdamW
+from .ademamix import AdEMAMix
+from .adan import Adan
 from .adopt import ADOPT
 from .base import ZooOptimizer
 from .lamb import Lamb
 from .laprop import LaProp
 from .lion import Lion, Signum
 from .lowrank import Apollo, Fira, GaLore
+from .mars import Mars
 from .muon import Muon
 from .radam import RAdam
 from .rmsprop import RMSprop
+from .schedule_free import AdamWScheduleFree
 from .sgd import SGD
+from .soap import SOAP
 
 __all__ = ["ZooOptimizer", "SGD", "Adam", "AdamW", "NAdamW", "Lion", "Signum", "Adafactor", "LaProp",
-           "ADOPT", "Muon", "Apollo", "GaLore", "Fira", "RMSprop", "RAdam", "Lamb"]
+           "ADOPT", "Muon", "Apollo", "GaLore", "Fira", "RMSprop", "RAdam", "Lamb", "AdEMAMix", "Adan",
+           "AdamWScheduleFree", "SOAP", "Mars"]
 
 _CAUTION_REFERENCE = "Liang et al. 2024, Cautious Optimizers (arXiv 2411.16085), over {}"
 
@@ -63,6 +69,19 @@ register_family(RMSprop, "rmsprop", twin_defaults={"momentum": 0.9},
 register_family(RAdam, "radam", state="2 numel (m, v)", reference="Liu et al. 2020, RAdam; torch.optim.RAdam")
 register_family(Lamb, "lamb", state="2 numel (m, v)",
                 reference="You et al. 2020, LAMB; timm.optim.Lamb (max_grad_norm off by default)")
+register_family(AdEMAMix, "ademamix", state="3 numel (m1, m2, v); 2 numel when beta1 = 0",
+                reference="Pagliardini et al. 2024, AdEMAMix; apple/ml-ademamix pytorch/ademamix.py")
+register_family(Adan, "adan", state="4 numel (m, n, s, previous gradient)",
+                reference="Xie et al. 2022, Adan; timm.optim.Adan (single-tensor path)")
+register_family(AdamWScheduleFree, "sf-adamw", family="schedule-free", state="2 numel (z, v)",
+                reference="Defazio et al. 2024, The Road Less Scheduled; facebookresearch/schedule_free "
+                          "AdamWScheduleFree (release 1.4)")
+register_family(SOAP, "soap",
+                state="2 numel (m, v), + 2 d^2 (GG, Q; float32 at least) per preconditioned dimension d",
+                reference="Vyas et al. 2024, SOAP (arXiv 2409.11321); nikhilvyas/SOAP soap.py, merge_dims=False")
+register_family(Mars, "mars", state="3 numel (m, v, previous gradient) per tensor of 2+ dimensions (2 with "
+                "mars_type='lion'), 2 numel (m, v) per AdamW tensor",
+                reference="Yuan et al. 2024, MARS (arXiv 2411.10438); timm.optim.Mars")
 
 # the low-rank family (PAPERS.md §B); state per m x n weight, k = max(m, n) kept, c = min(m, n) compressed
 register_family(Apollo, "apollo", low_rank=True, twin=False, state="2kr + 2 (M, V; seed, limiter norm)",
