@@ -110,18 +110,11 @@ class AdEMAMix(ZooOptimizer):
             return "betas[0] and alpha are 0, so the update is g over a positive denominator"
         return None
 
-    @staticmethod
-    def _buffers(group) -> tuple[str, ...]:
+    def _buffers(self, param, group) -> tuple[str, ...]:
         return (("exp_avg_fast",) if group["betas"][0] != 0 else ()) + ("exp_avg_slow", "exp_avg_sq")
 
-    def _state_keys(self, param, group):
-        return {"step", *self._buffers(group)}, set()
-
-    def expected_state_bytes(self, param, group):
-        return len(self._buffers(group)) * param.numel() * param.element_size()
-
     def _update_group(self, group, params):
-        states = self._states(params, *self._buffers(group))
+        states = self._states(params, *self._buffers(None, group))
         beta1, beta2, beta3 = group["betas"]
         lr = as_float(group["lr"])
         for param, grad, state in zip(params, self._grads(group, params), states):

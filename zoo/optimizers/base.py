@@ -249,8 +249,17 @@ class ZooOptimizer(Optimizer):
                                      + f": {who} keeps {sorted(required)} for it; it is the state of another "
                                      "optimizer or of other settings")
 
+    def _buffers(self, param: Tensor, group: dict) -> tuple[str, ...] | None:
+        """Names of ``param``'s state tensors of its size, for families where they depend on the
+        settings (its state keys are then these and ``step``, its bytes their sizes); None: the
+        family says :attr:`state_keys` and :attr:`full_size_states` instead."""
+        return None
+
     def _state_keys(self, param: Tensor, group: dict) -> tuple[set, set] | None:
         """(required, optional) keys of ``param``'s state after a step in ``group``; None: not checked."""
+        buffers = self._buffers(param, group)
+        if buffers is not None:
+            return {"step", *buffers}, set()
         return None if self.state_keys is None else (set(self.state_keys), set())
 
     full_size_states = 0
@@ -259,7 +268,8 @@ class ZooOptimizer(Optimizer):
 
     def expected_state_bytes(self, param: Tensor, group: dict) -> int:
         """Bytes of ``param``'s state after a step, by the optimizer's analytical formula."""
-        return self.full_size_states * param.numel() * param.element_size()
+        buffers = self._buffers(param, group)
+        return (self.full_size_states if buffers is None else len(buffers)) * param.numel() * param.element_size()
 
     def _caution_noop_reason(self, group: dict) -> str | None:
         """Why caution cannot change the update for this group, or None when it can."""

@@ -122,12 +122,6 @@ class Mars(ZooOptimizer):
             return ("exp_avg", "exp_avg_sq")
         return ("exp_avg", "last_grad") + (("exp_avg_sq",) if group["mars_type"] == "adamw" else ())
 
-    def _state_keys(self, param, group):
-        return {"step", *self._buffers(param, group)}, set()
-
-    def expected_state_bytes(self, param, group):
-        return len(self._buffers(param, group)) * param.numel() * param.element_size()
-
     def _caution_noop_reason(self, group):
         if group["betas"][0] == 0 and (group["optimize_1d"] or group[self._betas_1d(group)][0] == 0):
             return "the first betas are 0, so the masked first moment m is a positive multiple of g"

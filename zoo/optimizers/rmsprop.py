@@ -64,18 +64,12 @@ class RMSprop(ZooOptimizer):
             return "momentum is 0, so the update is g over a positive denominator"
         return None
 
-    def _buffers(self, group) -> tuple[str, ...]:
+    def _buffers(self, param, group) -> tuple[str, ...]:
         return ("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ()) + (
             ("grad_avg",) if group["centered"] else ())
 
-    def _state_keys(self, param, group):
-        return {"step", *self._buffers(group)}, set()
-
-    def expected_state_bytes(self, param, group):
-        return len(self._buffers(group)) * param.numel() * param.element_size()
-
     def _update_group(self, group, params):
-        states = self._states(params, *self._buffers(group))
+        states = self._states(params, *self._buffers(None, group))
         lr = as_float(group["lr"])
         for param, grad, state in zip(params, self._grads(group, params), states):
             self._run(rmsprop_step, param, grad, state["square_avg"], state.get("grad_avg"),
