@@ -63,7 +63,8 @@ steady step; :class:`analysis.memory.step.Tracker`), empty with several processe
 ``--compile-optimizer``."""
 
 DEFAULT_LR = {
-    "llama": {"adamw": 1e-3, "lion": 1e-3, "apollo": 1e-2, "apollo-mini": 1e-2},
+    "llama": {"adamw": 1e-3, "lion": 1e-3, "apollo": 1e-2, "apollo-mini": 1e-2, "rmsprop": 1e-3, "radam": 9e-3,
+              "lamb": 3e-3, "mars": 3e-3, "adan": 9e-3, "ademamix": 1e-3, "sf-adamw": 3e-3, "soap": 1e-2},
     "mae": {"adamw": 3e-2, "lion": 1e-3, "apollo-mini": 3e-2},
 }
 """Peak learning rates of the tiny configs, keyed by base optimizer (a ``c-`` twin uses its
