@@ -42,7 +42,7 @@ import zoo
 from . import pretrain
 from .cli import ArgumentParser, int_list, integer, make_folder, usage_errors
 
-__all__ = ["VARIANTS", "TOKENS", "llama_shape", "study", "summarize", "runs_table", "plot", "main"]
+__all__ = ["VARIANTS", "TOKENS", "llama_shape", "check", "study", "summarize", "runs_table", "plot", "main"]
 
 HEAD = 32
 TOKENS = 614_400
@@ -87,19 +87,30 @@ def _run(base: pretrain.Config, task, width: int, label: str, lr: float, seed: i
     return frame.assign(optimizer=label, width=width, lr_peak=lr)
 
 
+def check(widths, optimizers, *, tokens: int, seeds, lr_factors, batch_size: int, seq_len: int) -> int:
+    """The steps per run of a study with these settings; ``ValueError`` naming a wrong one."""
+    if not widths or not optimizers or not seeds or not lr_factors:
+        raise ValueError("need at least one width, optimizer, seed and learning-rate factor")
+    if min(lr_factors) <= 0:
+        raise ValueError(f"learning-rate factors (--lr-factors) must be positive numbers, got {list(lr_factors)}")
+    for width in widths:
+        llama_shape(width)
+    for label in optimizers:
+        _optimizer(label, widths[0])
+    steps = tokens // (batch_size * seq_len)
+    if steps < 1:
+        raise ValueError(f"tokens (--tokens) {tokens} is less than one step of {batch_size} x {seq_len} tokens")
+    return steps
+
+
 def study(widths, optimizers, *, tokens: int, seeds=(0, 1), out="runs/scaling", lr_factors=(1 / 3, 1.0, 3.0),
           batch_size: int = 16, seq_len: int = 128, dtype: str = "bf16", progress: bool = True) -> pd.DataFrame:
     """Run the study (see the module docstring); return every step of every run, with columns
     ``optimizer`` (study name), ``width``, ``lr_peak``, ``seed``, ``best`` (the rate chosen at that
     width) and ``edge`` (chosen at the edge of its grid), besides the runner's :data:`METRICS`."""
-    steps = tokens // (batch_size * seq_len)
-    if steps < 1:
-        raise ValueError(f"tokens {tokens} is less than one step of {batch_size} x {seq_len} tokens")
-    if not widths or not optimizers or not seeds or not lr_factors:
-        raise ValueError("need at least one width, optimizer, seed and learning-rate factor")
+    steps = check(widths, optimizers, tokens=tokens, seeds=seeds, lr_factors=lr_factors, batch_size=batch_size,
+                  seq_len=seq_len)
     centre = {}
-    for width in widths:
-        llama_shape(width)
     for label in optimizers:
         name, _ = _optimizer(label, widths[0])
         centre[label] = pretrain.Config(optimizers=(name,)).peak_lr(name)
@@ -201,19 +212,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with usage_errors(parser):
         optimizers = tuple(n.strip() for n in args.optimizers.split(",") if n.strip())
-        for label in optimizers:
-            _optimizer(label, args.widths[0] if args.widths else HEAD)
         try:
             factors = tuple(float(f) for f in args.lr_factors.split(",") if f.strip())
         except ValueError:
             raise ValueError(f"--lr-factors takes comma-separated positive numbers, got {args.lr_factors!r}") from None
-        if not factors or min(factors) <= 0:
-            raise ValueError(f"--lr-factors takes comma-separated positive numbers, got {args.lr_factors!r}")
-        for width in args.widths:
-            llama_shape(width)
-        if args.tokens < args.batch_size * args.seq_len:
-            raise ValueError(f"--tokens {args.tokens} is less than one step of {args.batch_size} x "
-                             f"{args.seq_len} tokens")
+        check(args.widths, optimizers, tokens=args.tokens, seeds=args.seeds, lr_factors=factors,
+              batch_size=args.batch_size, seq_len=args.seq_len)
         out = make_folder(args.out)
     tick = time.perf_counter()
     metrics = study(args.widths, optimizers, tokens=args.tokens, seeds=args.seeds, out=out, lr_factors=factors,
