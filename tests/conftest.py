@@ -73,6 +73,15 @@ def side_by_side(opt, params, reference_step, loss, steps):
     return ours, theirs
 
 
+def tensorwise(opt, params, reference, loss, steps):
+    """:func:`side_by_side` against ``reference(p, g, state, t) -> new p``, a plain step of one
+    tensor with its own state dict; returns (ours, the reference's, the reference's states)."""
+    states = [{} for _ in params]
+    ours, ref = side_by_side(opt, params, lambda ps, grads, t: [reference(p, g, s, t) for p, g, s in
+                                                                zip(ps, grads, states)], loss, steps)
+    return ours, ref, states
+
+
 def two_groups(params, lr, **extra):
     """Two param groups with different learning rates."""
     return [{"params": params[:2], "lr": lr, **extra}, {"params": params[2:], "lr": lr * 0.37, **extra}]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import assert_trajectories_equal, loss_fn, make_params, side_by_side
+from conftest import assert_trajectories_equal, loss_fn, make_params, tensorwise
 
 STEPS = 25
 
@@ -43,10 +43,8 @@ def test_matches_reference(float64, setting):
     sign = -1.0 if hp.get("maximize") else 1.0
     params = make_params()
     opt = zoo.get("adan")(params, **hp)
-    states = [{} for _ in params]
-    ours, ref = side_by_side(
-        opt, params, lambda ps, grads, t: [ref_adan(p, sign * g, s, t, hp) for p, g, s in zip(ps, grads, states)],
-        lambda ps, t: sign * loss_fn(ps, t), STEPS)
+    ours, ref, _ = tensorwise(opt, params, lambda p, g, s, t: ref_adan(p, sign * g, s, t, hp),
+                              lambda ps, t: sign * loss_fn(ps, t), STEPS)
     assert_trajectories_equal(ours, ref, rtol=1e-12, atol=1e-13)
 
 

@@ -7,7 +7,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import zoo
-from conftest import assert_trajectories_equal, loss_fn, make_params, side_by_side
+from conftest import assert_trajectories_equal, loss_fn, make_params, tensorwise
 from zoo.optimizers.ademamix import alpha_schedule, beta3_schedule
 
 STEPS = 25
@@ -53,10 +53,8 @@ def test_matches_reference(float64, setting):
     sign = -1.0 if hp.get("maximize") else 1.0
     params = make_params()
     opt = zoo.get("ademamix")(params, **hp)
-    states = [{} for _ in params]
-    ours, ref = side_by_side(
-        opt, params, lambda ps, grads, t: [ref_ademamix(p, sign * g, s, t, hp) for p, g, s in zip(ps, grads, states)],
-        lambda ps, t: sign * loss_fn(ps, t), STEPS)
+    ours, ref, _ = tensorwise(opt, params, lambda p, g, s, t: ref_ademamix(p, sign * g, s, t, hp),
+                              lambda ps, t: sign * loss_fn(ps, t), STEPS)
     assert_trajectories_equal(ours, ref, rtol=1e-12, atol=1e-13)
 
 

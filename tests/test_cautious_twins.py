@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import assert_trajectories_equal, loss_fn, make_params, side_by_side, trajectory
+from conftest import assert_trajectories_equal, loss_fn, make_params, tensorwise, trajectory
 from test_ademamix import ref_ademamix
 from test_adan import ref_adan
 from test_lowrank import ref_lowrank
@@ -238,10 +238,7 @@ def test_cautious_twin_matches_reference(float64, name, norm):
     reference, hp = TWINS[name]
     params = make_params()
     opt = zoo.get(name)(params, caution_norm=norm, **hp)
-    states = [{} for _ in params]
-    ours, ref = side_by_side(
-        opt, params, lambda ps, grads, t: [reference(p, g, s, t, hp, norm) for p, g, s in zip(ps, grads, states)],
-        loss_fn, STEPS)
+    ours, ref, _ = tensorwise(opt, params, lambda p, g, s, t: reference(p, g, s, t, hp, norm), loss_fn, STEPS)
     assert_trajectories_equal(ours, ref, rtol=1e-11, atol=1e-12)
     # the mask acted on this problem: the twin left its base optimizer's trajectory
     base = trajectory(lambda q: zoo.get(zoo.info(name).base)(q, **hp), STEPS, first_step=1)
@@ -265,10 +262,7 @@ def test_base_matches_reference(float64, name):
     reference, hp = BASES[name]
     params = make_params()
     opt = zoo.get(name)(params, **hp)
-    states = [{} for _ in params]
-    ours, ref = side_by_side(
-        opt, params, lambda ps, grads, t: [reference(p, g, s, t, hp, None) for p, g, s in zip(ps, grads, states)],
-        loss_fn, STEPS)
+    ours, ref, _ = tensorwise(opt, params, lambda p, g, s, t: reference(p, g, s, t, hp, None), loss_fn, STEPS)
     assert_trajectories_equal(ours, ref, rtol=1e-11, atol=1e-12)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import assert_trajectories_equal, loss_fn, make_params, side_by_side
+from conftest import assert_trajectories_equal, loss_fn, make_params, tensorwise
 
 STEPS = 25
 
@@ -57,11 +57,8 @@ def compare(name, hp, scale=1.0, norm=None, phi=None):
     sign = -1.0 if hp.get("maximize") else 1.0
     params = make_params()
     opt = zoo.get(name)(params, **hp, **({} if norm is None else {"caution_norm": norm}))
-    states = [{} for _ in params]
-    ours, ref = side_by_side(
-        opt, params,
-        lambda ps, grads, t: [ref_mars(p, sign * g, s, t, hp, norm, phi) for p, g, s in zip(ps, grads, states)],
-        lambda ps, t: sign * scale * loss_fn(ps, t), STEPS)
+    ours, ref, states = tensorwise(opt, params, lambda p, g, s, t: ref_mars(p, sign * g, s, t, hp, norm, phi),
+                                   lambda ps, t: sign * scale * loss_fn(ps, t), STEPS)
     assert_trajectories_equal(ours, ref, rtol=1e-12, atol=1e-13)
     return states
 
