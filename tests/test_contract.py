@@ -112,7 +112,16 @@ INVALID = {
     "adjust_lr_fn": "sqrt", "caution_norm": "median", "maximize": "yes", "nesterov": "no",
     "rank": 0, "update_proj_gap": 0, "scale": 0.0, "scale_type": "row", "proj": "qr",
     "norm_growth_limit": 0.5, "store_projection": "no", "seed": -1,
-    "decoupled": "no", "use_muon": "auto", "fused": "yes", "foreach": "yes", "adamw_lr_ratio": -1.0, "ns_dtype": torch.int32,
+    "decoupled": "no", "use_muon": "auto", "fused": "yes", "foreach": "yes", "adamw_lr_ratio": -1.0,
+    "ns_dtype": torch.int32,
+    "compile": "yes", "caution": "yes", "ns_coefficients": (1.0, 2.0),
+    # the second wave (RMSprop, RAdam, LAMB, MARS, Adan, AdEMAMix, Schedule-Free AdamW, SOAP)
+    "alpha": -1.0, "centered": "yes", "decoupled_weight_decay": "yes", "always_adapt": "yes",
+    "bias_correction": "yes", "grad_averaging": "yes", "max_grad_norm": -1.0, "trust_clip": "yes",
+    "betas_1d": (1.5, 0.9), "gamma": -0.1, "lr_1d_factor": -1.0, "mars_type": "sgd", "optimize_1d": "yes",
+    "no_prox": "yes", "alpha_warmup": 0, "beta3_warmup": -5, "r": -1.0, "warmup_steps": -1, "weight_lr_power": -1.0,
+    "correct_bias": "yes", "max_precond_dim": -1, "merge_dims": True, "normalize_grads": "yes",
+    "precondition_1d": "yes", "precondition_frequency": 0, "shampoo_beta": 1.5,
 }
 
 
@@ -129,6 +138,11 @@ def test_invalid_hyper_parameters_raise_value_error_naming_them(name):
             build(name, [{"params": params[:1]}, {"params": params[1:], key: bad}])
         checked += 1
     assert checked >= 3
+
+
+def test_every_setting_of_every_name_has_an_invalid_value_above():
+    settings = {key for name in ALL for key in zoo.info(name).defaults}
+    assert settings <= INVALID.keys(), f"add a refused value of {sorted(settings - INVALID.keys())} to INVALID"
 
 
 @pytest.mark.parametrize("name", zoo.names(cautious=True))

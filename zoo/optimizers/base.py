@@ -147,6 +147,9 @@ class ZooOptimizer(Optimizer):
 
     def _check_group(self, group: dict) -> None:
         """Raise ``ValueError`` naming the first setting of ``group`` out of its range."""
+        if "compile" in group:
+            raise ValueError("Invalid compile in a param group: compile is the optimizer's setting (its constructor's "
+                             "or zoo.create's argument), not a group's")
         check_range("lr", group["lr"])
         check_range("weight_decay", group["weight_decay"])
         check_bool("maximize", group["maximize"])
