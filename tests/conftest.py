@@ -73,12 +73,15 @@ def side_by_side(opt, params, reference_step, loss, steps):
     return ours, theirs
 
 
-def tensorwise(opt, params, reference, loss, steps):
+def tensorwise(opt, params, reference, loss, steps, maximize=False):
     """:func:`side_by_side` against ``reference(p, g, state, t) -> new p``, a plain step of one
-    tensor with its own state dict; returns (ours, the reference's, the reference's states)."""
+    tensor with its own state dict; returns (ours, the reference's, the reference's states). With
+    ``maximize`` the optimizer climbs ``-loss`` and the reference descends ``loss`` (it gets ``-g``)."""
+    sign = -1.0 if maximize else 1.0
     states = [{} for _ in params]
-    ours, ref = side_by_side(opt, params, lambda ps, grads, t: [reference(p, g, s, t) for p, g, s in
-                                                                zip(ps, grads, states)], loss, steps)
+    ours, ref = side_by_side(opt, params, lambda ps, grads, t: [reference(p, sign * g, s, t) for p, g, s in
+                                                                zip(ps, grads, states)],
+                             lambda ps, t: sign * loss(ps, t), steps)
     return ours, ref, states
 
 

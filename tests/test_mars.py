@@ -54,11 +54,10 @@ SETTINGS = {
 
 def compare(name, hp, scale=1.0, norm=None, phi=None):
     """Our trajectory and the reference's over STEPS steps, and the reference's states."""
-    sign = -1.0 if hp.get("maximize") else 1.0
     params = make_params()
     opt = zoo.get(name)(params, **hp, **({} if norm is None else {"caution_norm": norm}))
-    ours, ref, states = tensorwise(opt, params, lambda p, g, s, t: ref_mars(p, sign * g, s, t, hp, norm, phi),
-                                   lambda ps, t: sign * scale * loss_fn(ps, t), STEPS)
+    ours, ref, states = tensorwise(opt, params, lambda p, g, s, t: ref_mars(p, g, s, t, hp, norm, phi),
+                                   lambda ps, t: scale * loss_fn(ps, t), STEPS, maximize=hp.get("maximize", False))
     assert_trajectories_equal(ours, ref, rtol=1e-12, atol=1e-13)
     return states
 
