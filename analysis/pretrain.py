@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 import zoo
-from zoo.factory import default_low_rank_filter
+from zoo.filters import select_matrices
 from zoo.memory import state_bytes
 
 from .capture import GradientCapture, capture_path
@@ -269,7 +269,7 @@ def _build_optimizer(cfg: Config, name: str, model: nn.Module):
     if rec.low_rank:
         hparams["update_proj_gap"] = cfg.update_proj_gap
         if "rank" not in rec.fixed:
-            widths = [min(p.shape) for n, p in model.named_parameters() if default_low_rank_filter(n, p)]
+            widths = [min(p.shape) for p in select_matrices(model).matrices.values()]
             hparams["rank"] = cfg.rank or max(1, max(widths) // 4)
     hparams.update(cfg.options.get(name, {}))
     return zoo.create(model, name, layerwise=cfg.layerwise, compile=cfg.compile_optimizer, **hparams)

@@ -9,23 +9,27 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.layerwise import attach
+from zoo.layerwise import SpentGradient, attach
 
 ALL = zoo.names()
 
 
 class Net(nn.Module):
-    """Attention/MLP-named weights (so create routes low-rank and Muon groups), a head, a norm."""
+    """A block of two linears in a ModuleList (so create routes low-rank and Muon groups), a head, a norm."""
 
     def __init__(self):
         super().__init__()
-        self.attn = nn.Linear(8, 8, bias=False)
-        self.mlp = nn.Linear(8, 12)
+        self.layers = nn.ModuleList([nn.ModuleDict({"attn": nn.Linear(8, 8, bias=False), "mlp": nn.Linear(8, 12)})])
         self.norm = nn.LayerNorm(12)
         self.head = nn.Linear(12, 3)
 
+    @property
+    def mlp(self):
+        return self.layers[0]["mlp"]
+
     def forward(self, x):
-        return self.head(self.norm(torch.tanh(self.mlp(torch.relu(self.attn(x))))))
+        block = self.layers[0]
+        return self.head(self.norm(torch.tanh(block["mlp"](torch.relu(block["attn"](x))))))
 
 
 def hparams(name):
@@ -100,9 +104,17 @@ def test_gradients_are_freed_in_backward_and_kept_while_accumulating():
     (_, _), (opt, model) = pair("adamw", accumulate=2)
     x, y = batch(0, 0)
     nn.functional.mse_loss(model(x), y).backward()
-    assert all(p.grad is not None for p in model.parameters()) and not opt.state   # first of two passes
+    assert all(type(p.grad) is torch.Tensor for p in model.parameters()) and not opt.state   # first of two passes
     nn.functional.mse_loss(model(x), y).backward()
-    assert all(p.grad is None for p in model.parameters()) and len(opt.state) == len(list(model.parameters()))
+    assert len(opt.state) == len(list(model.parameters()))
+    for p in model.parameters():   # applied and freed: no storage, only the norm of what was applied
+        assert isinstance(p.grad, SpentGradient) and p.grad.shape == p.shape and p.grad.norm.numel() == 1
+        with pytest.raises(RuntimeError):   # a wrapper without data
+            p.grad.untyped_storage().data_ptr()
+        with pytest.raises(RuntimeError, match="applied and freed inside backward"):
+            p.grad.sum()
+    opt.zero_grad(set_to_none=False)   # nothing to zero: they become None
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_resume_is_bit_for_bit_and_hooks_can_be_removed():
@@ -129,10 +141,11 @@ def test_plain_parameters_and_added_groups():
     w = torch.randn(4, 3, requires_grad=True)
     opt = zoo.layerwise([w], "lion", lr=0.1)
     (w.sum() ** 2).backward()
-    assert w.grad is None and opt.state[w]["step"] == 1
+    assert isinstance(w.grad, SpentGradient) and opt.state[w]["step"] == 1
+    opt.step()
     extra = torch.randn(3, requires_grad=True)
     opt.add_param_group({"params": [extra]})
-    (w.sum() + extra.sum()).backward()
+    (w.sum() + extra.sum()).backward()   # into the spent gradient: it is dropped first, not added to
     assert opt.state[extra]["step"] == 1 and opt.state[w]["step"] == 2
 
 
@@ -170,4 +183,130 @@ def test_a_layer_frozen_at_create_and_unfrozen_later(name):
     train(ordinary, model_a, 3, 1, first=2)
     train(layerwise, model_b, 3, 1, first=2)
     assert_same(model_a, model_b, ordinary, layerwise)
-    assert model_b.mlp.weight.grad is None and model_b.mlp.weight in layerwise.state
+    assert isinstance(model_b.mlp.weight.grad, SpentGradient) and model_b.mlp.weight in layerwise.state
+
+
+def test_accumulation_without_accumulate_k_is_an_error_naming_it():
+    """HF Trainer's gradient_accumulation_steps=2 without accumulate=2: two backward passes per
+    optimizer step would be two updates; refused at the second pass, naming accumulate=k."""
+    (_, _), (opt, model) = pair("adamw")
+    x, y = batch(0, 0)
+    nn.functional.mse_loss(model(x), y).backward()
+    with pytest.raises(RuntimeError, match="accumulate=k"):
+        nn.functional.mse_loss(model(x), y).backward()
+    (_, _), (opt, model) = pair("adamw", accumulate=2)
+    for _ in range(2):
+        nn.functional.mse_loss(model(x), y).backward()
+    with pytest.raises(RuntimeError, match="accumulate=2"):
+        for _ in range(2):
+            nn.functional.mse_loss(model(x), y).backward()
+
+
+@pytest.mark.parametrize("name", ["adamw", "c-lion", "apollo-mini"])
+def test_a_short_accumulation_is_applied_at_step_as_the_ordinary_loop(name):
+    """accumulate=3, but the loop steps after 3, 3 and then 1 backward passes (an epoch's last,
+    short accumulation): step() applies what accumulated, as the ordinary step would."""
+    (ordinary, model_a), (layerwise, model_b) = pair(name, accumulate=3)
+    for opt, model in ((ordinary, model_a), (layerwise, model_b)):
+        for step, passes in enumerate((3, 3, 1, 3)):
+            opt.zero_grad()
+            for micro in range(passes):
+                x, y = batch(step, micro)
+                (nn.functional.mse_loss(model(x), y) / passes).backward()
+            opt.step()
+    assert_same(model_a, model_b, ordinary, layerwise)
+
+
+def clipped_loop(name, model, steps, max_norm, lagged):
+    """The ordinary loop clipping every gradient: by the current global norm (``lagged=False``,
+    torch's clip_grad_norm_), or as per-layer updates clip (``lagged=True``: by the previous
+    step's global norm, the first step by each tensor's norm scaled to the whole); returns the
+    global norms before clipping."""
+    opt = zoo.create(model, name, **hparams(name))
+    params = [p for p in model.parameters()]
+    total = sum(p.numel() for p in params)
+    norms, previous = [], None
+    for step in range(steps):
+        opt.zero_grad()
+        x, y = batch(step, 0)
+        nn.functional.mse_loss(model(x), y).backward()
+        if lagged:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+            for p in params:
+                whole = torch.linalg.vector_norm(p.grad) * (total / p.numel()) ** 0.5 if previous is None else previous
+                p.grad.mul_((max_norm / (whole + 1e-6)).clamp(max=1.0))
+            previous = norm
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norms.append(float(norm))
+        opt.step()
+    return norms
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgdm", "c-adamw", "apollo-mini"])
+def test_clipping_by_the_previous_steps_norm_against_a_loop_that_does_so(name):
+    torch.manual_seed(0)
+    model_a = Net().double()
+    model_b = copy.deepcopy(model_a)
+    expected = clipped_loop(name, model_a, 5, 0.05, lagged=True)
+    opt = zoo.create(model_b, name, layerwise=True, clip_grad_norm=0.05, **hparams(name))
+    norms = []
+    for step in range(5):
+        opt.zero_grad()
+        x, y = batch(step, 0)
+        nn.functional.mse_loss(model_b(x), y).backward()
+        opt.step()
+        norms.append(opt.per_layer.grad_norm)
+    assert min(expected) > 0.05   # every step clipped
+    torch.testing.assert_close(torch.tensor(norms), torch.tensor(expected), rtol=1e-12, atol=0)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_clipping_equals_global_clipping_where_they_coincide():
+    """A linear loss with gradient entries of +-1: the global norm is the same every step and
+    each tensor's share is its part of it, so per-layer clipping is global clipping at every step."""
+    torch.manual_seed(0)
+    params = [torch.randn(5, 4, dtype=torch.float64, requires_grad=True),
+              torch.randn(7, dtype=torch.float64, requires_grad=True)]
+    signs = [torch.randint(0, 2, p.shape, dtype=torch.float64) * 2 - 1 for p in params]
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    ordinary = zoo.get("sgdm")(params, lr=0.1)
+    layerwise = zoo.layerwise(copies, "sgdm", lr=0.1, clip_grad_norm=0.5)
+    for _ in range(4):
+        ordinary.zero_grad()
+        sum((p * s).sum() for p, s in zip(params, signs)).backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        ordinary.step()
+        layerwise.zero_grad()
+        sum((p * s).sum() for p, s in zip(copies, signs)).backward()
+        layerwise.step()
+    for a, b in zip(params, copies):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    assert layerwise.per_layer.grad_norm == pytest.approx(27 ** 0.5)
+
+
+def test_a_clients_clipping_after_backward_warns_and_reports_the_true_norm():
+    """torch.nn.utils.clip_grad_norm_ after per-layer updates (what HF Trainer's max_grad_norm,
+    Lightning's gradient_clip_val and accelerate do) cannot act: it warns, naming the settings,
+    and returns the true global norm (the one the ordinary loop would log); a GradScaler's
+    unscaling raises."""
+    (ordinary, model_a), (layerwise, model_b) = pair("adamw")
+    x, y = batch(0, 0)
+    nn.functional.mse_loss(model_a(x), y).backward()
+    expected = torch.nn.utils.clip_grad_norm_(model_a.parameters(), float("inf"))
+    nn.functional.mse_loss(model_b(x), y).backward()
+    with pytest.warns(UserWarning, match="max_grad_norm=0.*gradient_clip_val=None.*clip_grad_norm=c"):
+        norm = torch.nn.utils.clip_grad_norm_(model_b.parameters(), 1.0)
+    torch.testing.assert_close(norm, expected, rtol=1e-12, atol=0)
+    assert torch.nn.utils.get_total_norm([p.grad for p in model_b.parameters()]) == pytest.approx(float(expected))
+    with pytest.raises(RuntimeError, match="GradScaler cannot unscale"):
+        torch._amp_foreach_non_finite_check_and_unscale_([p.grad for p in model_b.parameters()],
+                                                         torch.zeros(1, dtype=torch.float64), torch.ones(1))
+
+
+def test_clip_grad_norm_is_refused_where_it_cannot_work():
+    with pytest.raises(ValueError, match="clip_grad_norm is for layerwise=True"):
+        zoo.create(Net(), "adamw", clip_grad_norm=1.0)
+    with pytest.raises(ValueError, match="Invalid clip_grad_norm: 0"):
+        zoo.create(Net(), "adamw", layerwise=True, clip_grad_norm=0)

@@ -70,8 +70,10 @@ def test_per_layer_updates_remove_almost_all_gradients():
     model, _, ordinary = tiny_step("apollo-mini")
     _, _, per_layer = tiny_step("apollo-mini", layerwise=True)
     largest = max(p.numel() * p.element_size() for p in model.parameters())
+    norms = 4 * len(list(model.parameters()))   # the float32 norm each spent gradient keeps (SpentGradient)
     assert ordinary.loc["gradients", "max"] == sum(p.numel() * p.element_size() for p in model.parameters())
-    assert per_layer.loc["gradients", "max"] <= largest < 0.2 * ordinary.loc["gradients", "max"]
+    assert per_layer.loc["gradients", "max"] <= largest + norms
+    assert largest < 0.2 * ordinary.loc["gradients", "max"]
     assert per_layer.loc["total", "at_peak"] < ordinary.loc["total", "at_peak"]
 
 

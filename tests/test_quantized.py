@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo.layerwise import SpentGradient
 from zoo.quantized import (QuantizedWeight, _rounding_noise, decode, encode, materialize_quantized, quantize,
                            quantize_weights, quantized_bytes)
 from analysis.memory.plan import Setting, llama_step
@@ -174,9 +175,16 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed = nn.Embedding(16, 32)
-        self.attn = nn.Linear(32, 64)
-        self.mlp = nn.Linear(64, 32, bias=False)
+        self.layers = nn.ModuleList([nn.ModuleDict({"attn": nn.Linear(32, 64), "mlp": nn.Linear(64, 32, bias=False)})])
         self.head = nn.Linear(32, 16)
+
+    @property
+    def attn(self):
+        return self.layers[0]["attn"]
+
+    @property
+    def mlp(self):
+        return self.layers[0]["mlp"]
 
     def forward(self, idx):
         return self.head(self.mlp(torch.tanh(self.attn(self.embed(idx)))))
@@ -245,16 +253,37 @@ def test_resume_is_bit_for_bit(name):
     assert not _same_weights(straight, _train(name, 3)[0])
 
 
-def test_a_quantized_state_dict_saves_and_loads_with_weights_only():
+def test_a_quantized_state_dict_holds_plain_tensors_and_loads_exactly():
+    """A quantized weight W is W_codes, W_scale, W_low, W_seed in the state dict: plain tensors
+    sharing the weight's storage (no float copy), which torch.load(weights_only=True) and
+    safetensors take; they load back into a quantized model exactly, seed included. A state dict
+    of the earlier form (the QuantizedWeight itself) loads too."""
+    from safetensors.torch import load, save
     model = Net()
     quantize_weights(model, group_size=GROUP, seed=3)
+    state = model.state_dict()
+    weight = model.attn.weight
+    assert "layers.0.attn.weight" not in state and state["layers.0.attn.weight_codes"].dtype == torch.uint8
+    assert state["layers.0.attn.weight_codes"].data_ptr() == weight.codes.data_ptr()
+    assert int(state["layers.0.attn.weight_seed"]) == weight.seed == 1 + 3
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save(state, buffer)
     buffer.seek(0)
-    loaded = torch.load(buffer)   # weights_only=True, torch's default
-    weight = loaded["attn.weight"]
-    assert isinstance(weight, QuantizedWeight) and weight.seed == 1 + 3 and weight.group_size == GROUP
-    assert torch.equal(weight.codes, model.attn.weight.codes) and torch.equal(weight.low, model.attn.weight.low)
+    for loaded in (torch.load(buffer), load(save(state))):   # weights_only=True, torch's default; safetensors
+        torch.manual_seed(1)
+        fresh = Net()
+        quantize_weights(fresh, group_size=GROUP, seed=50)
+        fresh.load_state_dict(loaded)
+        for p, q in zip(fresh.parameters(), model.parameters()):
+            if isinstance(p, QuantizedWeight):
+                assert (p.seed, p.group_size) == (q.seed, q.group_size)
+                assert all(torch.equal(a, b) for a, b in zip((p.codes, p.scale, p.low), (q.codes, q.scale, q.low)))
+            else:
+                assert torch.equal(p, q)
+    earlier = {k: v for k, v in state.items() if not k.startswith("layers.0.attn.weight")}
+    earlier["layers.0.attn.weight"] = weight.detach()
+    fresh.load_state_dict(earlier)
+    assert torch.equal(fresh.attn.weight.codes, weight.codes)
 
 
 def test_a_float_checkpoint_loads_into_a_quantized_model_rounded_to_nearest():
@@ -316,3 +345,25 @@ def test_refusals_name_what_is_wrong():
         quantize_weights(model, group_size=GROUP)
     with pytest.raises(ValueError, match="only floating-point"):
         quantize(torch.ones(4, GROUP, dtype=torch.int64), group_size=GROUP)
+
+
+def test_per_layer_hooks_survive_moving_the_model():
+    """module.to() swaps an INT8 weight for a new tensor (torch.utils.swap_tensors), which loses the
+    autograd hooks it had (HF Trainer moves the model it is given): the hooks are registered
+    again, and the weights are still updated inside backward from the first step, as the
+    ordinary step."""
+    ordinary, _ = _train("c-adamw", 3)
+    torch.manual_seed(0)
+    model = Net()
+    quantize_weights(model, group_size=GROUP)
+    optimizer = zoo.create(model, "c-adamw", lr=1e-2, layerwise=True)
+    model.to("cpu")
+    data = torch.Generator().manual_seed(100)
+    for step in range(3):
+        idx = torch.randint(0, 16, (8, 5), generator=data)
+        loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        assert isinstance(model.attn.weight.grad, SpentGradient)   # applied inside backward
+        optimizer.step()
+    assert _same_weights(ordinary, model)

@@ -1,5 +1,7 @@
 """The registry and zoo.create (DESIGN.md public contract)."""
 import dataclasses
+import inspect
+import pickle
 import re
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def test_names_are_sorted_and_filtered():
     assert zoo.names(low_rank=True) == [n for n in all_names if zoo.info(n).low_rank]
 
 
-def test_every_base_with_momentum_has_a_cautious_twin_of_the_same_class():
+def test_every_base_with_momentum_has_a_cautious_twin_subclassing_it():
     for name in zoo.names(cautious=False):
         rec = zoo.info(name)
         if getattr(rec.cls, "caution_refusal", None):   # refused, with the reason
@@ -49,8 +51,8 @@ def test_every_base_with_momentum_has_a_cautious_twin_of_the_same_class():
                 zoo.get(name)([torch.zeros(2, 2, requires_grad=True)], caution=True)
         elif rec.has_momentum:
             twin = zoo.info(f"c-{name}")
-            assert twin.cls is rec.cls and twin.base == name and twin.cautious
-            assert twin.defaults["caution"] is True
+            assert issubclass(twin.cls, rec.cls) and twin.cls is not rec.cls and twin.base == name and twin.cautious
+            assert twin.cls.__name__ == "C" + rec.cls.__name__ and twin.defaults["caution"] is True
 
 
 def test_cautious_apollo_is_refused_with_the_reason():
@@ -61,7 +63,9 @@ def test_cautious_apollo_is_refused_with_the_reason():
 
 def test_info_is_frozen_and_complete():
     rec = zoo.info("c-lion")
-    assert (rec.name, rec.family, rec.cautious, rec.base, rec.cls) == ("c-lion", "lion", True, "lion", Lion)
+    assert (rec.name, rec.family, rec.cautious, rec.base) == ("c-lion", "lion", True, "lion")
+    assert rec.cls is zoo.get("c-lion")
+    assert rec.cls.__bases__ == (Lion,)
     assert rec.defaults["lr"] == 1e-4 and rec.reference and rec.state_formula
     with pytest.raises(dataclasses.FrozenInstanceError):
         rec.name = "x"
@@ -77,6 +81,55 @@ def test_get_builds_the_named_optimizer():
     assert isinstance(nesterov, SGD) and nesterov.defaults["nesterov"]
     with pytest.raises(ValueError, match="nesterov"):
         zoo.get("nesterov")(p, nesterov=False)
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_get_returns_a_class_that_is_the_name(name):
+    """zoo.get(name) is an Optimizer class: instances are isinstance of it, a twin subclasses its
+    base, positional arguments work as in the class it is made from, the class and its
+    instances pickle by reference, and bad params get torch.optim's own errors."""
+    cls, rec = zoo.get(name), zoo.info(name)
+    assert isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is rec.cls
+    assert getattr(zoo.optimizers, cls.__name__) is cls   # importable: zoo.optimizers.CAdamW
+    assert pickle.loads(pickle.dumps(cls)) is cls
+    if rec.base:
+        assert issubclass(cls, zoo.get(rec.base))
+    w = torch.zeros(4, 3, requires_grad=True)
+    opt = cls([w], rec.defaults["lr"] / 2)   # lr is positional, as in torch.optim
+    assert isinstance(opt, cls) and opt.defaults["lr"] == rec.defaults["lr"] / 2
+    assert {k: opt.defaults[k] for k in rec.fixed} == dict(rec.fixed)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    copy = pickle.loads(pickle.dumps(opt))
+    assert type(copy) is cls and copy.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+    with pytest.raises(TypeError, match="params argument given to the optimizer should be an iterable"):
+        cls(torch.zeros(3, 2, requires_grad=True))   # torch's error, not three row views
+    with pytest.raises(ValueError, match="empty parameter list"):
+        cls([])
+    sig = inspect.signature(cls)
+    assert {k: p.default for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty} == dict(rec.defaults)
+
+
+def test_a_twin_loads_its_base_state_when_told_to_switch():
+    """The README recipe: a base's state, with caution=True written into its groups (here by a
+    load_state_dict pre-hook), loads into the twin (the state names the class that implements
+    both, not the twin's own class)."""
+    w = torch.randn(4, 3, requires_grad=True)
+    base = zoo.get("adamw")([w])
+    w.grad = torch.ones_like(w)
+    base.step()
+    twin = zoo.get("c-adamw")([w])
+    with pytest.raises(ValueError, match="caution=False"):
+        twin.load_state_dict(base.state_dict())
+
+    def switch(optimizer, state_dict):
+        for group in state_dict["param_groups"]:
+            group["caution"] = True
+
+    twin.register_load_state_dict_pre_hook(switch)
+    twin.load_state_dict(base.state_dict())
+    assert twin.state[w]["step"] == 1 and twin.param_groups[0]["caution"]
 
 
 def test_register_a_user_optimizer():
@@ -164,8 +217,8 @@ def test_create_routes_only_the_hidden_matrices_to_muon():
     for name in ("muon", "c-muon"):
         opt = zoo.create(TinyLM(), name, lr=0.02)
         groups = {g["name"]: g for g in opt.param_groups}
-        assert groups["muon"]["param_names"] == ["attn.q_proj.weight", "attn.o_proj.weight", "mlp.up_proj.weight",
-                                                 "mlp.down_proj.weight"]
+        assert groups["muon"]["param_names"] == ["layers.0.attn.q_proj.weight", "layers.0.attn.o_proj.weight",
+                                                 "layers.0.mlp.up_proj.weight", "layers.0.mlp.down_proj.weight"]
         assert groups["muon"]["use_muon"] is True
         assert groups["decay"]["param_names"] == ["head.weight"] and groups["decay"]["use_muon"] is False
         assert "embed.weight" in groups["no_decay"]["param_names"] and groups["no_decay"]["use_muon"] is False
@@ -197,33 +250,38 @@ def test_readme_lists_exactly_the_registry():
 def test_import_zoo_pulls_in_no_analysis_libraries():
     import subprocess
     import sys
-    code = ("import sys, zoo; heavy = {'pandas', 'scipy', 'sympy', 'matplotlib', 'seaborn'} & set(sys.modules);"
-            "print(sorted(heavy))")
+    code = ("import sys, zoo; heavy = {'pandas', 'scipy', 'sympy', 'matplotlib', 'seaborn', 'transformers', "
+            "'accelerate', 'lightning'} & set(sys.modules); print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 class TinyLM(nn.Module):
-    """Embedding, one block with attention and MLP linears, a head: named like LLaMA."""
+    """Embedding, one block (in a ModuleList) with attention and MLP linears, a head."""
 
     def __init__(self):
         super().__init__()
         self.embed = nn.Embedding(50, 16)
-        self.attn = nn.ModuleDict({"q_proj": nn.Linear(16, 16, bias=False), "o_proj": nn.Linear(16, 16, bias=False)})
-        self.mlp = nn.ModuleDict({"up_proj": nn.Linear(16, 32), "down_proj": nn.Linear(32, 16)})
+        attn = nn.ModuleDict({"q_proj": nn.Linear(16, 16, bias=False), "o_proj": nn.Linear(16, 16, bias=False)})
+        mlp = nn.ModuleDict({"up_proj": nn.Linear(16, 32), "down_proj": nn.Linear(32, 16)})
+        self.layers = nn.ModuleList([nn.ModuleDict({"attn": attn, "mlp": mlp})])
         self.norm = nn.LayerNorm(16)
         self.head = nn.Linear(16, 50, bias=False)
+
+    @property
+    def mlp(self):
+        return self.layers[0]["mlp"]
 
 
 def test_create_routes_attention_and_mlp_weights_to_low_rank():
     opt = zoo.create(TinyLM(), "apollo-mini", lr=1e-2)
     groups = {g["name"]: g for g in opt.param_groups}
-    assert groups["low_rank"]["param_names"] == ["attn.q_proj.weight", "attn.o_proj.weight",
-                                                 "mlp.up_proj.weight", "mlp.down_proj.weight"]
+    assert groups["low_rank"]["param_names"] == ["layers.0.attn.q_proj.weight", "layers.0.attn.o_proj.weight",
+                                                 "layers.0.mlp.up_proj.weight", "layers.0.mlp.down_proj.weight"]
     assert groups["low_rank"]["rank"] == 1 and groups["decay"]["rank"] is None
     assert groups["decay"]["param_names"] == ["head.weight"] and groups["no_decay"]["rank"] is None
     text = zoo.describe(opt)
-    assert "low_rank: 4 tensors" in text and "mlp.down_proj.weight (16, 32)" in text
+    assert "low_rank: 4 tensors" in text and "layers.0.mlp.down_proj.weight (16, 32)" in text
 
 
 def test_create_low_rank_filter_and_rank_override():

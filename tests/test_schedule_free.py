@@ -168,6 +168,7 @@ def test_per_layer_updates_refuse_eval_mode_inside_backward():
     params, opt = _problem()
     attach(opt)
     loss_fn(params, 0).backward()
+    opt.step()
     opt.eval()
     with pytest.raises(RuntimeError, match="is in eval mode"):
         loss_fn(params, 1).backward()

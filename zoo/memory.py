@@ -6,11 +6,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .factory import default_low_rank_filter
+from .optimizers.base import unwrap
 from .registry import info
 from .sharding import is_dtensor
 
-__all__ = ["state_bytes", "expected_state_bytes", "LLAMA_CONFIGS", "llama_shapes", "state_table"]
+__all__ = ["state_bytes", "expected_state_bytes", "LLAMA_CONFIGS", "llama_shapes", "is_llama_block_matrix",
+           "state_table"]
 
 
 def state_bytes(optimizer: Optimizer) -> int:
@@ -18,27 +19,34 @@ def state_bytes(optimizer: Optimizer) -> int:
 
     Python numbers in the state (step counters, scalars) are not tensors and count 0; an
     optimizer that has not stepped yet usually holds no state. Tensors on the ``meta`` device
-    count their size as if they were real. A DTensor (parameters sharded by FSDP2) counts the
+    count their size as if they were real; a sparse tensor (SGD's momentum with sparse gradients)
+    its indices and values. A client's wrapper (accelerate, Lightning, ZeRO) is looked through
+    (:func:`zoo.optimizers.base.unwrap`). A DTensor (parameters sharded by FSDP2) counts the
     shard this rank holds.
     """
     seen: set = set()
     total = 0
-    for state in optimizer.state.values():
+    for state in unwrap(optimizer).state.values():
+        if not isinstance(state, dict):   # torch.optim allows any entry in the state
+            continue
         for value in state.values():
             if not isinstance(value, Tensor):
                 continue
             if is_dtensor(value):
                 value = value.to_local()
-            storage = value.untyped_storage()
-            key = (value.device, storage.data_ptr()) if storage.data_ptr() else id(value)
-            if key not in seen:
-                seen.add(key)
-                total += storage.nbytes()
+            for part in (value._indices(), value._values()) if value.is_sparse else (value,):
+                storage = part.untyped_storage()
+                key = (part.device, storage.data_ptr()) if storage.data_ptr() else id(part)
+                if key not in seen:
+                    seen.add(key)
+                    total += storage.nbytes()
     return total
 
 
 def expected_state_bytes(optimizer: Optimizer) -> int:
-    """Bytes the optimizer's formula predicts for the state of every parameter that has one."""
+    """Bytes the optimizer's formula predicts for the state of every parameter that has one (a
+    client's wrapper looked through)."""
+    optimizer = unwrap(optimizer)
     return sum(optimizer.expected_state_bytes(p, group)
                for group in optimizer.param_groups for p in group["params"] if p in optimizer.state)
 
@@ -55,8 +63,8 @@ which no script pretrains with a rank, gets a quarter of its width, the papers' 
 
 
 def llama_shapes(config: str) -> dict[str, tuple[int, ...]]:
-    """Parameter name -> shape of a LLaMA model of ``config`` (PAPERS.md §C); the names of the
-    q, k, v, o, gate, up, down weights contain "attn" or "mlp"."""
+    """Parameter name -> shape of a LLaMA model of ``config`` (PAPERS.md §C), named as
+    :mod:`analysis.models.llama` and HF's Llama name them (:func:`is_llama_block_matrix`)."""
     hidden, mlp, _, layers = LLAMA_CONFIGS[config]
     shapes = {"embed_tokens.weight": (LLAMA_VOCAB, hidden), "norm.weight": (hidden,),
               "lm_head.weight": (LLAMA_VOCAB, hidden)}
@@ -69,6 +77,12 @@ def llama_shapes(config: str) -> dict[str, tuple[int, ...]]:
         shapes[f"layers.{i}.input_layernorm.weight"] = (hidden,)
         shapes[f"layers.{i}.post_attention_layernorm.weight"] = (hidden,)
     return shapes
+
+
+def is_llama_block_matrix(name: str) -> bool:
+    """Whether ``name`` (of :func:`llama_shapes`) is one of the q, k, v, o, gate, up, down weights: the
+    matrices :func:`zoo.filters.select_matrices` selects in a LLaMA model."""
+    return ".self_attn." in name or ".mlp." in name
 
 
 def state_table(names=("adamw", "galore", "fira", "apollo", "apollo-mini"),
@@ -90,13 +104,13 @@ def state_table(names=("adamw", "galore", "fira", "apollo", "apollo-mini"),
             for p in params.values():
                 p.grad = torch.empty_like(p)
             if info(name).low_rank:
-                low = [p for n, p in params.items() if default_low_rank_filter(n, p)]
-                rest = [p for n, p in params.items() if not default_low_rank_filter(n, p)]
+                low = [p for n, p in params.items() if is_llama_block_matrix(n)]
+                rest = [p for n, p in params.items() if not is_llama_block_matrix(n)]
                 rank = {} if "rank" in info(name).fixed else {"rank": LOW_RANK_RANKS[config]}
                 groups = [{"params": low, **rank}, {"params": rest, "rank": None}]
             else:
                 groups = list(params.values())
-            opt = info(name).build(groups)
+            opt = info(name).cls(groups)
             for _ in range(2):
                 opt.step()
             numel = sum(p.numel() for p in params.values())

@@ -56,7 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map_only
 
-from .filters import default_low_rank_filter
+from .filters import default_filter
+
 
 __all__ = ["QuantizedWeight", "quantize_weights", "materialize_quantized", "quantize", "quantized_bytes",
            "working_copy", "encode", "decode", "BITS"]
@@ -64,6 +65,8 @@ __all__ = ["QuantizedWeight", "quantize_weights", "materialize_quantized", "quan
 aten = torch.ops.aten
 BITS = (8,)
 LEVELS = 255   # codes 0..255
+HF_METHOD = "zoo-int8"
+"""The quantization method an HF model's config names for these weights."""
 ROUNDING_KEY = "rounding"
 """Key of a quantized weight's optimizer state that counts its stochastic roundings (a Python int)."""
 
@@ -188,6 +191,7 @@ class QuantizedWeight(Tensor):
             if isinstance(dst, QuantizedWeight):
                 if isinstance(src, QuantizedWeight) and src.group_size == dst.group_size:
                     parts = (src.codes, src.scale, src.low)
+                    dst.seed = src.seed   # the rounding stream belongs to the values (a resumed run)
                 else:   # a float weight (a float checkpoint) loaded into a quantized one
                     parts = encode(src.dequantize() if isinstance(src, QuantizedWeight) else src, dst.group_size)
                 for mine, theirs in zip((dst.codes, dst.scale, dst.low), parts):
@@ -246,6 +250,43 @@ def quantize(weight: Tensor, *, group_size: int = 128, stochastic_round: bool = 
     return QuantizedWeight(*encode(weight, group_size), weight.dtype, group_size, stochastic_round, seed)
 
 
+STATE_SUFFIXES = ("_codes", "_scale", "_low", "_seed")
+"""A quantized weight ``W`` is ``W_codes`` (uint8), ``W_scale``, ``W_low`` (float32 per group) and
+``W_seed`` (int64) in its module's state dict: plain tensors, which safetensors, HF's
+``save_pretrained`` and ``torch.load(weights_only=True)`` take, sharing the weight's storage (a
+state dict of an INT8 model holds no float copy)."""
+
+
+def _save_state(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """State dict hook of a module holding quantized weights: each as its plain tensors."""
+    for pname, param in module._parameters.items():
+        if isinstance(param, QuantizedWeight) and prefix + pname in state_dict:
+            del state_dict[prefix + pname]
+            for suffix, tensor in zip(STATE_SUFFIXES, (param.codes, param.scale, param.low,
+                                                       torch.tensor(param.seed, dtype=torch.int64))):
+                state_dict[prefix + pname + suffix] = tensor
+
+
+def _load_state(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load pre-hook of a module holding quantized weights: a weight saved as its plain tensors
+    (:data:`STATE_SUFFIXES`) is given back as a :class:`QuantizedWeight`, which the load copies
+    exactly (codes, scales, offsets and rounding seed); a float weight is quantized to nearest."""
+    for pname, param in module._parameters.items():
+        key = prefix + pname
+        if isinstance(param, QuantizedWeight) and key + "_codes" in state_dict:
+            codes, scale, low, seed = (state_dict.pop(key + suffix) for suffix in STATE_SUFFIXES)
+            state_dict[key] = QuantizedWeight(codes, scale, low, param.dtype, codes.numel() // scale.numel(),
+                                              param.stochastic_round, int(seed))
+
+
+def _hook_state(module: nn.Module) -> None:
+    """Make ``module``'s state dict hold its quantized weights as plain tensors (once per module)."""
+    if not getattr(module, "_int8_state_hooks", False):
+        module._register_state_dict_hook(_save_state)
+        module._register_load_state_dict_pre_hook(_load_state, with_module=True)
+        module._int8_state_hooks = True
+
+
 def _parameter(param: Tensor, group_size: int, stochastic_round: bool, seed: int) -> nn.Parameter:
     """``param`` quantized, as a parameter that wants a gradient when ``param`` does."""
     return nn.Parameter(quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round, seed=seed),
@@ -255,7 +296,8 @@ def _parameter(param: Tensor, group_size: int, stochastic_round: bool, seed: int
 def _chosen(model: nn.Module, filter, group_size: int) -> list[tuple[nn.Module, str, str, Tensor]]:
     """(module, parameter name, qualified name, parameter) of each weight ``filter`` chooses, in
     ``named_modules`` order; refusals as :func:`quantize_weights`."""
-    filter = filter or default_low_rank_filter
+    if filter is None:
+        filter = default_filter(model, "quantize_weights")
     chosen = []
     for module_name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
@@ -269,8 +311,8 @@ def _chosen(model: nn.Module, filter, group_size: int) -> list[tuple[nn.Module, 
                                      "out with filter")
                 chosen.append((module, pname, full, param))
     if not chosen:
-        raise ValueError(f"no parameter of {type(model).__name__} matched the filter (default: attention and MLP "
-                         "weights, names containing 'attn', 'attention' or 'mlp'); pass filter=(name, param) -> bool")
+        raise ValueError(f"no parameter of {type(model).__name__} matched the filter (default: the linear weights "
+                         "inside its blocks, zoo.filters); pass filter=(name, param) -> bool")
     return chosen
 
 
@@ -291,9 +333,9 @@ def _check_seed(seed) -> None:
 def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, stochastic_round: bool = True,
                      filter: Callable[[str, Tensor], bool] | None = None, seed: int = 0) -> list[str]:
     """Replace ``model``'s chosen weights by INT8 :class:`QuantizedWeight` parameters, in place;
-    returns their names. ``filter(name, param)`` chooses (default
-    :func:`zoo.filters.default_low_rank_filter`: the attention and MLP weights, the set
-    ``zoo.create`` gives the low-rank group). Each weight's groups of ``group_size`` values get a
+    returns their names. ``filter(name, param)`` chooses (default the linear weights inside the
+    model's blocks, :func:`zoo.filters.select_matrices`: the set ``zoo.create`` gives the low-rank
+    group). Each weight's groups of ``group_size`` values get a
     scale and an offset; ``stochastic_round`` is how optimizers write updates back; the i-th
     quantized weight's rounding noise is seeded with ``seed + i``. A weight shared by several
     modules is quantized once. Refused: bits other than 8, a weight whose size is not a multiple
@@ -306,6 +348,8 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, sto
         if param not in done:
             done[param] = _parameter(param, group_size, stochastic_round, seeds[param])
         module._parameters[pname] = done[param]
+        _hook_state(module)
+    _mark_quantized(model, group_size, stochastic_round)
     return [full for _, _, full, _ in chosen]
 
 
@@ -357,7 +401,19 @@ def materialize_quantized(model: nn.Module, init: Callable[[nn.Module], None], d
         for pname, weight_seed in by_module.get(module, ()):
             module._parameters[pname] = _parameter(module._parameters[pname], group_size, stochastic_round,
                                                    weight_seed)
+            _hook_state(module)
+    _mark_quantized(model, group_size, stochastic_round)
     return [full for _, _, full, _ in chosen]
+
+
+def _mark_quantized(model: nn.Module, group_size: int, stochastic_round: bool) -> None:
+    """An HF transformers model records its INT8 weights in its config (``quantization_config``,
+    method ``zoo-int8``, which :mod:`zoo.integrations.transformers` registers), so that
+    ``from_pretrained`` rebuilds them."""
+    if hasattr(model, "config") and any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
+                                        for c in type(model).__mro__):
+        model.config.quantization_config = {"quant_method": HF_METHOD, "bits": 8, "group_size": group_size,
+                                            "stochastic_round": stochastic_round}
 
 
 def quantized_bytes(numel: int, group_size: int = 128) -> int:

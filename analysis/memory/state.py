@@ -27,8 +27,7 @@ import pandas as pd
 import torch
 
 import zoo
-from zoo.factory import default_low_rank_filter
-from zoo.memory import expected_state_bytes, llama_shapes, state_bytes, state_table
+from zoo.memory import expected_state_bytes, is_llama_block_matrix, llama_shapes, state_bytes, state_table
 
 __all__ = ["GB", "GIB", "CONFIGS", "OPTIMIZERS", "PAPER_TABLE2",
            "full_rank_state_bytes", "memory_frame", "paper_comparison", "plot_state_memory"]
@@ -70,11 +69,11 @@ def full_rank_state_bytes(name: str, config: str, dtype: torch.dtype = torch.bfl
     """
     params = [torch.empty(shape, device="meta", dtype=dtype, requires_grad=True)
               for pname, shape in llama_shapes(config).items()
-              if not default_low_rank_filter(pname, torch.empty(shape, device="meta"))]
+              if not is_llama_block_matrix(pname)]
     for p in params:
         p.grad = torch.empty_like(p)
     record = zoo.info(name)
-    opt = record.build([{"params": params, "rank": None}] if record.low_rank else params)
+    opt = record.cls([{"params": params, "rank": None}] if record.low_rank else params)
     for _ in range(2):
         opt.step()
     return expected_state_bytes(opt), state_bytes(opt)

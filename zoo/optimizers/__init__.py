@@ -1,7 +1,7 @@
 """The built-in optimizers, one small file per family, and their registry records."""
 from __future__ import annotations
 
-from ..registry import register
+from ..registry import info, names, register
 from .adafactor import Adafactor
 from .adam import Adam, AdamW, NAdamW
 from .ademamix import AdEMAMix
@@ -29,15 +29,17 @@ _CAUTION_REFERENCE = "Liang et al. 2024, Cautious Optimizers (arXiv 2411.16085),
 
 def register_family(cls: type, name: str, *, state: str, reference: str, family: str | None = None,
                     fixed: dict | None = None, defaults: dict | None = None, twin_defaults: dict | None = None,
-                    low_rank: bool = False, twin: bool = True) -> None:
+                    low_rank: bool = False, twin: bool = True, class_name: str | None = None) -> None:
     """Register ``name`` and, with ``twin``, its cautious twin ``c-<name>`` (``fixed`` plus
-    ``caution=True``; ``twin_defaults`` on top of ``defaults``). ``state`` is the formula of the
+    ``caution=True``; ``twin_defaults`` on top of ``defaults``), each with its class
+    (:func:`zoo.register`: ``cls`` itself where the name changes nothing, else a subclass named
+    ``class_name``; the twin's is ``"C"`` and its base's name). ``state`` is the formula of the
     state per tensor, ``reference`` what the step follows; ``family`` defaults to the class's
     ``method`` or the name."""
     fixed, defaults = fixed or {}, defaults or {}
     family = family or getattr(cls, "method", name)
     register(cls, name, family=family, fixed=fixed, defaults=defaults, low_rank=low_rank, state_formula=state,
-             reference=reference)
+             reference=reference, class_name=class_name)
     if twin:
         register(cls, f"c-{name}", family=family, fixed={**fixed, "caution": True},
                  defaults={**defaults, **(twin_defaults or {})}, low_rank=low_rank, state_formula=state, base=name,
@@ -89,8 +91,12 @@ register_family(Apollo, "apollo", low_rank=True, twin=False, state="2kr + 2 (M, 
 register_family(Apollo, "apollo-mini", low_rank=True, twin=False, fixed={"rank": 1, "scale_type": "tensor"},
                 defaults={"scale": 128.0}, state="2k + 2 (M, V; seed, limiter norm)",
                 reference="Zhu et al. 2025, APOLLO-Mini")
-register_family(Apollo, "apollo-svd", low_rank=True, twin=False, fixed={"proj": "svd"},
+register_family(Apollo, "apollo-svd", low_rank=True, twin=False, fixed={"proj": "svd"}, class_name="ApolloSVD",
                 state="2kr + cr + 1 (M, V, P; limiter norm)", reference="Zhu et al. 2025, APOLLO with SVD projection")
 register_family(GaLore, "galore", low_rank=True, state="2kr + cr (M, V, P)", reference="Zhao et al. 2024, GaLore")
 register_family(Fira, "fira", low_rank=True, state="2kr + cr + 1 (M, V, P; limiter norm)",
                 reference="Chen et al. 2024, Fira")
+
+_NAMED = {rec.cls.__name__: rec.cls for rec in map(info, names())}
+globals().update(_NAMED)   # every name's class, importable from here: zoo.optimizers.CAdamW, ApolloMini...
+__all__ += sorted(set(_NAMED) - set(__all__))

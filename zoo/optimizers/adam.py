@@ -22,6 +22,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ..caution import caution as cautious
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
@@ -75,6 +76,16 @@ def _adam_fused(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2
                grad_scale=None, found_inf=None)
 
 
+def _check_fused(params: list[Tensor]) -> None:
+    """torch.optim's check before its fused kernel: floating-point parameters on a device it has the
+    kernel for (``RuntimeError`` naming the device and dtype, at the step, as torch.optim)."""
+    devices = _get_fused_kernels_supported_devices()
+    for p in params:
+        if p.device.type not in devices or not torch.is_floating_point(p):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported "
+                               f"devices: {devices} but {p.dtype} and {p.device.type}")
+
+
 def nadamw_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, lr, bias_correction2,
                 grad_coef, avg_coef, beta1: float, beta2: float, eps: float, weight_decay: float, caution: bool,
                 caution_norm) -> Tensor | None:
@@ -119,8 +130,11 @@ class _AdaptiveBase(ZooOptimizer):
 class _Decoupling(_AdaptiveBase):
     """Adam-like optimizers whose groups say, as torch.optim's, whether the decay is decoupled
     (``decoupled_weight_decay``, fixed by the class): a torch.optim.NAdam reading a zoo NAdamW
-    state then decays as it should, and Adam and AdamW states cannot be mistaken."""
+    state then decays as it should, and Adam and AdamW states cannot be mistaken. Complex
+    parameters are optimized as their real view, as torch.optim's (the cautious mask then works
+    on the real view: real and imaginary parts are masked each on its own)."""
 
+    supports_complex = True
     decoupled = False
     defining_settings = ("caution", "decoupled_weight_decay")
     torch_settings = {"capturable": None, "differentiable": (False,)}
@@ -164,6 +178,8 @@ class Adam(_Decoupling):
                              "compile=False for torch's fused kernel)")
 
     def _update_group(self, group, params):
+        if group["fused"]:   # before any state is made, as torch.optim
+            _check_fused([self._parameter(p) for p in params])
         states = self._states(params, "exp_avg", "exp_avg_sq")
         grads = self._grads(group, params)
         beta1, beta2 = group["betas"]

@@ -29,6 +29,7 @@ import math
 import sys
 import types
 import warnings
+from contextlib import contextmanager
 from numbers import Real
 
 import torch
@@ -44,7 +45,7 @@ COMPILE = (False, True, "auto")
 """Values of ``compile``: eager steps, compiled steps (an error where compiling fails), or
 compiled steps that fall back to eager with a warning where compiling fails."""
 
-__all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool", "STATE_MARKER", "COMPILE"]
+__all__ = ["ZooOptimizer", "check_range", "check_betas", "check_bool", "unwrap", "STATE_MARKER", "COMPILE"]
 
 STATE_MARKER = "zoo_optimizer"
 """Key that :meth:`ZooOptimizer.state_dict` adds to each saved param group: the class that saved it."""
@@ -88,6 +89,30 @@ def _known_settings() -> set[str]:
     return {name for cls in classes for name in inspect.signature(cls.__init__).parameters} - {"self", "params"}
 
 
+def implementation(cls: type) -> type:
+    """The class that implements ``cls``'s algorithm: ``cls`` itself, or for the class of a
+    registered name (:func:`zoo.register`'s ``CAdamW``, ``ApolloMini``...) the class it was made
+    from. A state dict names it (:data:`STATE_MARKER`), so that the states of a name and of its
+    twin differ only in their settings (``caution``)."""
+    return next(c for c in cls.__mro__ if "registry_name" not in c.__dict__)
+
+
+def unwrap(optimizer) -> Optimizer:
+    """The optimizer inside the wrappers training clients put around it: accelerate's
+    ``AcceleratedOptimizer`` (``.optimizer``, HF Trainer's too), Lightning's ``LightningOptimizer``
+    (``._optimizer``), torch's ``ZeroRedundancyOptimizer`` (``.optim``, this rank's shard); a zoo
+    optimizer or any other optimizer is returned as it is."""
+    seen = set()
+    while not isinstance(optimizer, ZooOptimizer) and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        inner = next((getattr(optimizer, name) for name in ("optimizer", "_optimizer", "optim")
+                      if isinstance(getattr(optimizer, name, None), Optimizer)), None)
+        if inner is None:
+            break
+        optimizer = inner
+    return optimizer
+
+
 def as_float(value) -> float:
     """A learning rate or other scalar given as a float or a one-element tensor, as a float."""
     return value.item() if isinstance(value, Tensor) else float(value)
@@ -111,6 +136,14 @@ class ZooOptimizer(Optimizer):
     back as one."""
     per_layer = None
     """The :class:`zoo.layerwise.PerLayer` hooks when the parameters are updated inside backward."""
+    group_may_unset: tuple[str, ...] = ()
+    """Settings a param group may set to None even where a registered name fixes them."""
+    supports_complex = False
+    """Whether complex parameters are optimized (as their real view, ``torch.view_as_real``), as
+    torch.optim's counterpart does; where False they are refused when added."""
+    supports_sparse = False
+    """Whether sparse gradients are taken (as torch.optim.SGD does); where False a step with one
+    raises ``RuntimeError``, as torch.optim's other optimizers."""
 
     def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean", compile=False):
         if not any(compile is value for value in COMPILE):
@@ -120,18 +153,24 @@ class ZooOptimizer(Optimizer):
         dict saved by a compiled optimizer loads into an eager one and back)."""
         super().__init__(params, dict(defaults, caution=caution, caution_norm=caution_norm))
         self._aligned_counts: list = []
-        self._owners: dict = {}   # working copy -> quantized weight, during a step
+        self._working: dict = {}   # working tensor -> (the parameter it stands for, its state), during a step
+
+    def __getstate__(self) -> dict:   # torch.optim keeps defaults, state and groups; compile is ours
+        return {**super().__getstate__(), "compile": self.compile}
 
     def __setstate__(self, state: dict) -> None:   # unpickling, copy.deepcopy, load_state_dict
         super().__setstate__(state)
         self.__dict__.setdefault("_aligned_counts", [])
-        self.__dict__.setdefault("_owners", {})
+        self.__dict__.setdefault("_working", {})
         self.__dict__.setdefault("compile", False)
 
     # -- validation -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
-        """torch.optim's, plus validation of the group; a group without ``param_names`` added to
-        an optimizer whose groups have them (:func:`zoo.create`'s) gets names ``param<i>``."""
+        """torch.optim's, plus validation of the group (a group refused is not added); a group
+        without ``param_names`` added to an optimizer whose groups have them (:func:`zoo.create`'s)
+        gets names ``param<i>``."""
+        if not isinstance(param_group, dict):
+            return super().add_param_group(param_group)   # torch's TypeError
         params = param_group.get("params")
         if params is not None and not isinstance(params, set):   # torch refuses sets itself
             params = [params] if isinstance(params, Tensor) else list(params)
@@ -141,9 +180,23 @@ class ZooOptimizer(Optimizer):
                 start = sum(len(g["params"]) for g in self.param_groups)
                 param_group["param_names"] = [f"param{start + j}" for j in range(len(params))]
         super().add_param_group(param_group)
-        self._check_group(self.param_groups[-1])
+        try:
+            self._check_group(self.param_groups[-1])
+            self._check_params(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()
+            raise
         if self.per_layer is not None:
             self.per_layer.hook(len(self.param_groups) - 1)
+
+    def _check_params(self, group: dict) -> None:
+        """Raise ``ValueError`` for a parameter this optimizer cannot update: a complex one where
+        :attr:`supports_complex` is False."""
+        if not self.supports_complex and any(torch.is_complex(p) for p in group["params"]):
+            raise ValueError(f"{type(self).__name__} does not support complex parameters: its step is defined on real "
+                             "tensors, and unlike torch.optim's Adam, AdamW, NAdam, RAdam, RMSprop and SGD (the zoo's "
+                             "adam, adamw, nadamw, radam, rmsprop, sgdm, nesterov and their twins, which optimize a "
+                             "complex parameter as its real view) it has no complex form to follow")
 
     def _check_group(self, group: dict) -> None:
         """Raise ``ValueError`` naming the first setting of ``group`` out of its range."""
@@ -175,31 +228,62 @@ class ZooOptimizer(Optimizer):
     # -- state dicts --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """torch.optim's state dict; each param group also names the class that saved it
-        (:data:`STATE_MARKER`), which torch.optim ignores."""
+        (:data:`STATE_MARKER`, :func:`implementation`), which torch.optim ignores."""
         state = super().state_dict()
         for group in state["param_groups"]:
-            group[STATE_MARKER] = type(self).__name__
+            group[STATE_MARKER] = implementation(type(self)).__name__
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch.optim's, after checking that the state is one of this optimizer's, from this
-        class or from torch.optim's counterpart (:meth:`check_state_dict`). Settings the state
-        does not hold (a torch.optim state has no ``caution``) keep this optimizer's values; a
-        torch.optim tensor ``step`` becomes an int. Nothing is changed when the check fails."""
+        """torch.optim's, in torch.optim's order: the ``load_state_dict`` pre-hooks (each may return
+        a new state dict), then the check that the state is one of this optimizer's, from this class
+        or from torch.optim's counterpart (:meth:`check_state_dict`; nothing is changed when it
+        fails), the load, this optimizer's normalisation of what was loaded, then the post-hooks.
+        The normalisation: settings the state does not hold (a torch.optim state has no
+        ``caution``) keep this optimizer's values, a torch.optim tensor ``step`` becomes an int, and
+        a family's own adjustments (:meth:`_loaded`)."""
+        state_dict = state_dict.copy()   # as torch.optim: the hooks may change it, not the caller's dict
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         groups = state_dict["param_groups"]
         if len(groups) == len(self.param_groups) and all(
                 len(a["params"]) == len(b["params"]) for a, b in zip(groups, self.param_groups)):
             self.check_state_dict(state_dict)   # otherwise torch's load names the mismatch
         before = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         groups = [{k: v for k, v in g.items() if k != STATE_MARKER} for g in groups]
-        super().load_state_dict({**state_dict, "param_groups": groups})
+        hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+        try:   # torch.optim's load, without running the hooks a second time
+            super().load_state_dict({**state_dict, "param_groups": groups})
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = hooks
         for group, old in zip(self.param_groups, before):
             for key, value in old.items():
                 group.setdefault(key, value)
-        for state in self.state.values():
+        for param in (p for group in self.param_groups for p in group["params"]):
+            state = self.state.get(param, {})
             for key, kind in self.scalar_state.items():
                 if isinstance(state.get(key), Tensor):
                     state[key] = kind(state[key].item())
+        self._loaded(state_dict)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _loaded(self, state_dict: dict) -> None:
+        """A family's adjustment of the state just loaded from ``state_dict`` (torch.optim casts
+        every state tensor to its parameter's dtype and device; a family that keeps some in another
+        dtype restores them here)."""
+
+    def _loaded_states(self, state_dict: dict):
+        """(parameter, its saved state, its loaded state) of each parameter with a state, for
+        :meth:`_loaded`."""
+        saved = (pid for group in state_dict["param_groups"] for pid in group["params"])
+        params = (p for group in self.param_groups for p in group["params"])
+        for pid, param in zip(saved, params):
+            if pid in state_dict["state"] and param in self.state:
+                yield param, state_dict["state"][pid], self.state[param]
 
     def check_state_dict(self, state_dict: dict) -> None:
         """Raise ``ValueError`` naming the mismatch when ``state_dict`` is not a state of this
@@ -208,7 +292,7 @@ class ZooOptimizer(Optimizer):
         rank...), a torch.optim setting this class does not implement (``amsgrad=True``), a
         setting out of its range (validated as a new group's), or a parameter state without the
         keys this optimizer keeps (or with others)."""
-        who, known = type(self).__name__, _known_settings()
+        who, known = implementation(type(self)).__name__, _known_settings()
         saved_groups = state_dict["param_groups"]
         for i, (ours, saved) in enumerate(zip(self.param_groups, saved_groups)):
             where = f"param group {i}" + (f" ({ours['name']})" if "name" in ours else "")
@@ -279,11 +363,19 @@ class ZooOptimizer(Optimizer):
         return None
 
     # -- stepping ---------------------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch.optim's; with per-layer updates the spent gradients (:class:`zoo.layerwise.SpentGradient`)
+        become None whatever ``set_to_none`` says (there is nothing to zero)."""
+        if self.per_layer is not None:
+            self.per_layer.clear()
+        super().zero_grad(set_to_none)
+
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss.
         With per-layer updates (:mod:`zoo.layerwise`) the parameters were updated inside
-        ``backward`` already, and this only runs the closure."""
+        ``backward`` already, and this runs the closure and ends the optimizer step
+        (:meth:`zoo.layerwise.PerLayer.catch_up`)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -302,25 +394,34 @@ class ZooOptimizer(Optimizer):
         # listed twice in a group (torch warns) is updated once
         params = [p for p in dict.fromkeys(params) if p.grad is not None and p.numel() > 0]
         for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            if torch.is_complex(p):
-                raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
-        floats = [p for p in params if not isinstance(p, QuantizedWeight)]
-        if floats:
-            self._update_group(group, floats)
+            if p.grad.is_sparse and not self.supports_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (as torch.optim's "
+                                   "optimizers other than SGD, SparseAdam and Adagrad)")
+        plain = [p for p in params if not isinstance(p, QuantizedWeight)]
+        if plain:
+            with real_views(self.state, plain) as (tensors, working):
+                self._working = working
+                try:
+                    self._update_group(group, tensors)
+                finally:
+                    self._working = {}
         for weight in params:   # INT8 weights (zoo.quantized), one working copy at a time
             if isinstance(weight, QuantizedWeight):
                 with working_copy(self.state, weight) as copy:
-                    self._owners = {copy: weight}
+                    self._working = {copy: (weight, self.state[weight])}
                     try:
                         self._update_group(group, [copy])
                     finally:
-                        self._owners = {}
+                        self._working = {}
 
     def _state(self, param: Tensor) -> dict:
-        """The state of ``param``, or of the quantized weight whose working copy it is."""
-        return self.state[self._owners.get(param, param)]
+        """The state of ``param``, or of the parameter whose working tensor it is (a quantized
+        weight's dequantized copy, a complex parameter's real view)."""
+        return self._working[param][1] if param in self._working else self.state[param]
+
+    def _parameter(self, tensor: Tensor) -> Tensor:
+        """The parameter that ``tensor`` (a parameter or a working tensor) stands for."""
+        return self._working[tensor][0] if tensor in self._working else tensor
 
     def _update_group(self, group: dict, params: list[Tensor]) -> None:
         raise NotImplementedError
@@ -397,6 +498,34 @@ class ZooOptimizer(Optimizer):
         if sharded:
             nnz += global_sum(sharded)
         return nnz / numel if numel else math.nan
+
+
+@contextmanager
+def real_views(state: dict, params: list[Tensor]):
+    """For a step over ``params``: yields (the tensors to update, {working tensor: (parameter,
+    its state)}): a real parameter itself; a complex one as its real view (``torch.view_as_real``,
+    shape + (2,), sharing its storage), holding its gradient's real view, with a state whose
+    complex tensors are real views too. On leaving, state tensors of the view's shape made during
+    the step are stored as complex views, so the state of a complex parameter is complex, as in
+    torch.optim (whose Adam, AdamW, NAdam, RAdam and RMSprop step the same real views)."""
+    complex_params = [p for p in params if torch.is_complex(p)]
+    if not complex_params:
+        yield params, {}
+        return
+    working = {}
+    for p in complex_params:
+        view = torch.view_as_real(p)
+        view.grad = torch.view_as_real(p.grad)
+        working[view] = (p, {k: torch.view_as_real(v) if isinstance(v, Tensor) and v.is_complex() else v
+                             for k, v in state[p].items()})
+    views = iter(working)
+    try:
+        yield [next(views) if torch.is_complex(p) else p for p in params], working
+    finally:
+        for view, (p, real_state) in working.items():
+            view.grad = None
+            state[p] = {k: torch.view_as_complex(v) if isinstance(v, Tensor) and v.shape == view.shape else v
+                        for k, v in real_state.items()}
 
 
 class _CompileFailure(Exception):

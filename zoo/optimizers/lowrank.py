@@ -139,6 +139,8 @@ def lowrank_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tenso
 class _LowRankAdamW(ZooOptimizer):
     """Shared construction, validation, state and memory formula of the low-rank family."""
 
+    group_may_unset = ("rank",)   # a group with rank=None is updated by AdamW, also under apollo-mini
+
     method = ""
     defining_settings = ("caution", "proj")
 
@@ -187,7 +189,7 @@ class _LowRankAdamW(ZooOptimizer):
     def _index(self, p: Tensor) -> int:
         """The 1-based index that seeds ``p``'s projection, as the reference: the one
         :func:`zoo.sharding.index_parameters` gave it, else its position in this optimizer."""
-        weight = self._owners.get(p, p)   # a quantized weight's working copy: the weight's index
+        weight = self._parameter(p)   # a quantized weight's working copy: the weight's index
         index = parameter_index(weight)
         if index is not None:
             return index
@@ -218,22 +220,17 @@ class _LowRankAdamW(ZooOptimizer):
                       channel=group["scale_type"] == "channel", gamma=group["norm_growth_limit"],
                       **self._caution_settings(group))
 
-    def load_state_dict(self, state_dict):
+    def _loaded(self, state_dict):
         # torch casts every loaded state tensor to its parameter's dtype; the int64 seed and the
-        # limiter's float32 norm must come back as they were saved (and the seed on the CPU, so
-        # that reading it never syncs); the norm of a sharded parameter replicated, as it was
-        # made (a whole state dict, torch.distributed.checkpoint's full_state_dict, holds it plain)
-        kept = {pid: {k: state[k].clone() for k in ("seed", "update_norm") if k in state}
-                for pid, state in state_dict["state"].items()}
-        super().load_state_dict(state_dict)
-        ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for pid, p in zip(ids, params):
-            for key, value in kept.get(pid, {}).items():
-                if key == "seed":
-                    self.state[p][key] = value.cpu()
-                else:
-                    self.state[p][key] = value.to(p.device) if is_dtensor(value) else replicated(value.to(p.device), p)
+        # limiter's float32 norm come back as they were saved (and the seed on the CPU, so that
+        # reading it never syncs); the norm of a sharded parameter replicated, as it was made (a
+        # whole state dict, torch.distributed.checkpoint's full_state_dict, holds it plain)
+        for param, saved, state in self._loaded_states(state_dict):
+            if "seed" in saved:
+                state["seed"] = saved["seed"].clone().cpu()
+            if "update_norm" in saved:
+                norm = saved["update_norm"].clone().to(param.device)
+                state["update_norm"] = norm if is_dtensor(norm) else replicated(norm, param)
 
     def expected_state_bytes(self, param: Tensor, group: dict) -> int:
         """Bytes of this parameter's state after a step (PAPERS.md §B.2, Table 1)."""

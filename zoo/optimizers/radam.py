@@ -55,8 +55,11 @@ def radam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
 
 class RAdam(_AdaptiveBase):
     """RAdam: Adam whose adaptive step is switched on, and rectified, once the second moment's
-    variance is tractable; the arguments and results of ``torch.optim.RAdam``."""
+    variance is tractable; the arguments and results of ``torch.optim.RAdam``.Complex parameters
+    are optimized as their real view, as torch.optim's (the cautious mask then works on the real
+    view)."""
 
+    supports_complex = True
     torch_settings = {"foreach": None, "capturable": (False,), "differentiable": (False,)}
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

@@ -42,8 +42,11 @@ def rmsprop_step(param: Tensor, grad: Tensor, square_avg: Tensor, grad_avg: Tens
 
 class RMSprop(ZooOptimizer):
     """RMSprop with optional momentum and centring; the arguments and results of
-    ``torch.optim.RMSprop``, plus ``caution`` / ``caution_norm`` (with momentum)."""
+    ``torch.optim.RMSprop``, plus ``caution`` / ``caution_norm`` (with momentum).Complex parameters
+    are optimized as their real view, as torch.optim's (the cautious mask then works on the real
+    view)."""
 
+    supports_complex = True
     torch_settings = {"foreach": None, "capturable": (False,), "differentiable": (False,)}
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,

@@ -104,7 +104,7 @@ class AdamWScheduleFree(ZooOptimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         """torch.optim's; a group added later is in the mode of the others."""
-        if self.param_groups and "train_mode" not in param_group:
+        if self.param_groups and isinstance(param_group, dict) and "train_mode" not in param_group:
             param_group = {**param_group, "train_mode": self.param_groups[0]["train_mode"]}
         super().add_param_group(param_group)
 

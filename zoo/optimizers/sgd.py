@@ -10,8 +10,16 @@ Per step, with L2 weight decay folded into the gradient as torch.optim.SGD does:
 
 The cautious twin masks ``u`` against ``g`` (the gradient of the L2-regularised loss),
 PAPERS.md §A.1.
+
+As torch.optim.SGD: **sparse gradients** are taken (the momentum buffer is then sparse, a copy
+of the first gradient; weight decay with a sparse gradient raises torch's error), except by the
+cautious twins (the mask compares update and gradient element by element); **complex
+parameters** are optimized as their real view, which is what torch.optim.SGD's complex arithmetic
+computes.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -46,6 +54,8 @@ class SGD(ZooOptimizer):
 
     defining_settings = ("caution", "nesterov")
     torch_settings = {"foreach": None, "differentiable": (False,), "fused": None}
+    supports_complex = True
+    supports_sparse = True
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
@@ -62,7 +72,13 @@ class SGD(ZooOptimizer):
             raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening = 0")
 
     def expected_state_bytes(self, param, group):
-        return param.numel() * param.element_size() if group["momentum"] != 0 else 0
+        if group["momentum"] == 0:
+            return 0
+        buffer = self.state.get(param, {}).get("momentum_buffer")
+        if buffer is not None and buffer.is_sparse:   # a copy of sparse gradients: nnz indices and values
+            dense = math.prod(buffer.shape[buffer.sparse_dim():])
+            return buffer._nnz() * (buffer.sparse_dim() * 8 + dense * buffer.element_size())
+        return param.numel() * param.element_size()
 
     def _state_keys(self, param, group):
         return ({"momentum_buffer"} if group["momentum"] != 0 else set()), set()
@@ -73,11 +89,15 @@ class SGD(ZooOptimizer):
         return None
 
     def _update_group(self, group, params):
+        if group["caution"] and any(p.grad.is_sparse for p in params):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients: the cautious mask compares "
+                               "the update with the gradient element by element (the non-cautious SGD takes them)")
         for param, grad in zip(params, self._grads(group, params)):
             state = self._state(param)
             first = group["momentum"] != 0 and "momentum_buffer" not in state
             if first:
-                state["momentum_buffer"] = torch.empty_like(grad, memory_format=torch.preserve_format)
+                state["momentum_buffer"] = (torch.empty_like(grad) if grad.is_sparse
+                                            else torch.empty_like(grad, memory_format=torch.preserve_format))
             self._run(sgd_step, param, grad, state.get("momentum_buffer"), scalars={"lr": as_float(group["lr"])},
                       momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
                       weight_decay=group["weight_decay"], first=first, **self._caution_settings(group))

@@ -173,15 +173,11 @@ class SOAP(ZooOptimizer):
             return "betas[0] is 0 and no dimension is preconditioned, so the update is g over a positive denominator"
         return None
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        """ZooOptimizer's; the statistics and bases keep the dtype they were saved in (torch.optim casts
-        every state tensor to its parameter's dtype: a bfloat16 weight's float32 bases would be rounded)."""
-        super().load_state_dict(state_dict)
-        saved = [pid for group in state_dict["param_groups"] for pid in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for pid, param in zip(saved, params):
-            state = self.state.get(param, {})
-            for key, value in state_dict["state"].get(pid, {}).items():
+    def _loaded(self, state_dict: dict) -> None:
+        # the statistics and bases keep the dtype they were saved in (torch.optim casts every state
+        # tensor to its parameter's dtype: a bfloat16 weight's float32 bases would be rounded)
+        for _, saved, state in self._loaded_states(state_dict):
+            for key, value in saved.items():
                 if key.startswith(("GG_", "Q_")) and value.dtype != state[key].dtype:
                     state[key] = value.to(device=state[key].device)
 
