@@ -90,6 +90,19 @@ def test_trainer_resumes_bit_for_bit(tmp_path, case):
         assert saved["model.layers.0.mlp.up_proj.weight_codes"].dtype == torch.uint8
 
 
+def test_trainer_builds_a_zoo_class_it_is_given(tmp_path):
+    """A tool that takes an optimizer class (Trainer's optimizer_cls_and_kwargs) takes zoo.get(name):
+    the Trainer builds CLion over its own weight-decay groups."""
+    model = tiny_llama()
+    trainer = T.Trainer(model, arguments(tmp_path, max_steps=2, weight_decay=0.1), train_dataset=dataset(),
+                        optimizer_cls_and_kwargs=(zoo.get("c-lion"), {"lr": 1e-4}))
+    trainer.train()
+    inner = zoo.unwrap(trainer.optimizer)
+    assert type(inner) is zoo.get("c-lion") and isinstance(inner, zoo.get("lion"))
+    assert {group["weight_decay"] for group in inner.param_groups} == {0.0, 0.1}
+    assert 0 < zoo.aligned_fraction(trainer.optimizer) <= 1
+
+
 def test_trainer_per_layer_accumulation_equals_the_ordinary_trainer(tmp_path):
     _, per_layer, _ = fit(tmp_path / "a", "apollo-mini-int8-per-layer-accumulate-2")
     model = tiny_llama()
