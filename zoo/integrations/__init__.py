@@ -14,7 +14,15 @@ import warnings
 from ..memory import state_bytes
 from ..optimizers.base import ZooOptimizer, unwrap
 
-__all__ = ["figures", "check_per_layer"]
+__all__ = ["figures", "check_per_layer", "switch"]
+
+
+def switch(optimizer, mode: str) -> None:
+    """``eval()`` or ``train()`` (``mode``) of the zoo optimizer inside ``optimizer`` (a client's
+    wrapper looked through), where it has them (Schedule-Free)."""
+    inner = unwrap(optimizer) if optimizer is not None else None
+    if isinstance(inner, ZooOptimizer) and callable(getattr(inner, mode, None)):
+        getattr(inner, mode)()
 
 
 def figures(optimizer) -> dict:

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..optimizers.base import ZooOptimizer, unwrap
-from . import check_per_layer, figures
+from . import check_per_layer, figures, switch
 
 __all__ = ["ZooCallback"]
 
@@ -30,9 +30,8 @@ def _zoo_optimizers(trainer) -> list[ZooOptimizer]:
 
 
 def _switch(trainer, mode: str) -> None:
-    for optimizer in _zoo_optimizers(trainer):
-        if callable(getattr(optimizer, mode, None)):
-            getattr(optimizer, mode)()
+    for optimizer in trainer.optimizers:
+        switch(optimizer, mode)
 
 
 class ZooCallback(Callback):

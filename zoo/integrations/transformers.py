@@ -37,7 +37,6 @@ warns that it skips it and that the weights are missing.
 """
 from __future__ import annotations
 
-from torch import nn
 from transformers import TrainerCallback
 from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.auto import register_quantization_config, register_quantizer
@@ -45,20 +44,12 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..filters import select_matrices
-from ..optimizers.base import ZooOptimizer, unwrap
-from . import check_per_layer, figures
+from . import check_per_layer, figures, switch
 from ..quantized import HF_METHOD, STATE_SUFFIXES, QuantizedWeight, _check_settings, _hook_state, quantize
 
 __all__ = ["ZooCallback", "ZooInt8Config", "ZooInt8Quantizer", "METHOD"]
 
 METHOD = HF_METHOD
-
-
-def _switch(optimizer, mode: str) -> None:
-    """``eval()`` / ``train()`` of the zoo optimizer inside ``optimizer``, where it has them."""
-    inner = unwrap(optimizer) if optimizer is not None else None
-    if isinstance(inner, ZooOptimizer) and callable(getattr(inner, mode, None)):
-        getattr(inner, mode)()
 
 
 class ZooCallback(TrainerCallback):
@@ -72,14 +63,14 @@ class ZooCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         if control.should_save:
-            _switch(optimizer, "eval")
+            switch(optimizer, "eval")
 
     def on_epoch_end(self, args, state, control, optimizer=None, **kwargs):
         if control.should_save:
-            _switch(optimizer, "eval")
+            switch(optimizer, "eval")
 
     def on_train_end(self, args, state, control, optimizer=None, **kwargs):
-        _switch(optimizer, "eval")
+        switch(optimizer, "eval")
 
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
         if logs is None or "loss" not in logs:   # the training logs, not evaluation's
