@@ -260,8 +260,11 @@ class PerLayer:
             return
         self._passes[param] = 0
         if param in self._updated and not self._stepped:
+            group = self.optimizer.param_groups[self._group[param]]
+            names = dict(zip(map(id, group["params"]), group.get("param_names", ())))
             raise RuntimeError(
-                f"a parameter of shape {tuple(param.shape)} got a gradient from more backward passes than accumulate="
+                f"parameter {names.get(id(param), 'of shape ' + str(tuple(param.shape)))} got a gradient from more "
+                f"backward passes than accumulate="
                 f"{self.accumulate} between two optimizer.step() calls: per-layer updates apply each gradient inside "
                 "backward, so k backward passes per optimizer step (gradient accumulation, HF Trainer's "
                 "gradient_accumulation_steps=k) need accumulate=k (zoo.create(..., layerwise=True, accumulate=k)), "
