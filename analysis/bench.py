@@ -52,6 +52,7 @@ import pandas as pd
 import torch
 
 import zoo
+from zoo.precision import host, resolve
 
 from .cli import ArgumentParser, choice_list, integer, shape, track, usage_errors
 from .models import llama
@@ -228,12 +229,13 @@ def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFra
             raise ValueError(f"--csv {args.csv}: its folder does not exist")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
+    args.dtype = resolve(args.dtype, args.device)
     table, bandwidths = step_table(names, args.shape, args.count, args.rounds, args.warmup, args.steps,
                                    args.copy_mb, compiled=args.compile, device=args.device, dtype=args.dtype)
     shape = "x".join(map(str, args.shape))
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}, {args.count} x {shape} {args.dtype}, "
-          f"{args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), lr={LR}")
+    where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}" if args.device == "cuda" else host()
+    print(f"{where}\n{args.count} x {shape} {args.dtype}, {args.rounds} rounds x {args.steps} steps "
+          f"(+{args.warmup} warm-up), lr={LR}")
     copy, add = bandwidths["copy"] / 1e9, bandwidths["add"] / 1e9
     print(f"copy bandwidth: {copy:.1f} GB/s (dst.copy_(src), 2 x nbytes, {args.copy_mb} MiB fp32, same rounds)")
     print(f"add bandwidth:  {add:.1f} GB/s (dst.add_(src), 3 x nbytes); roofline = {max(copy, add):.1f} GB/s\n")
@@ -300,9 +302,8 @@ def train_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFr
             raise ValueError("--optimizers names no optimizer; give comma-separated registry names")
     table = train_table(args.model, names, list(args.variants), args.batch_size, args.seq_len, args.rounds,
                         args.steps, args.warmup)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LLaMA {args.model} (byte tokens), batch "
-          f"{args.batch_size} x {args.seq_len}, fp32 weights, {args.rounds} rounds x {args.steps} steps "
-          f"(+{args.warmup} warm-up), medians\n")
+    print(f"{host()}\nLLaMA {args.model} (byte tokens), batch {args.batch_size} x {args.seq_len}, fp32 weights, "
+          f"{args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), medians\n")
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return table
 
@@ -325,7 +326,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                       help="steps of the low-rank refresh measurement (0: skip it)")
     step.add_argument("--csv", help="also save the table to this CSV file")
     step.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    step.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="of parameters, gradients and state")
+    step.add_argument("--dtype", choices=("auto", *DTYPES), default="fp32",
+                      help="of parameters, gradients and state (auto: bf16 where this machine runs it faster than "
+                           "fp32, zoo.precision)")
     step.add_argument("--compile", action="store_true", help="also time every name with compile=True "
                       "(its first step, compilation included, in the 'first step s' column)")
     step.set_defaults(run=step_command)

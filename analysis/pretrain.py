@@ -39,6 +39,7 @@ from torch import nn
 import zoo
 from zoo.filters import select_matrices
 from zoo.memory import state_bytes
+from zoo.precision import host, resolve
 
 from .capture import GradientCapture, capture_path
 from .cli import ArgumentParser, Progress, int_list, make_folder, usage_errors
@@ -96,7 +97,7 @@ class Config:
     device: str = "auto"
     compile: bool = False
     compile_optimizer: bool = False            # each optimizer step through torch.compile (compile=True)
-    dtype: str = "auto"                        # autocast: bf16 on CUDA and fp32 on the CPU, or fp32, bf16
+    dtype: str = "auto"                        # autocast: bf16 on CUDA, on the CPU where faster (zoo.precision)
     layerwise: bool = False                    # update each parameter inside backward (zoo.layerwise)
     weights: str = "float"                     # or "int8": attention and MLP weights quantized (zoo.quantized)
     fsdp: bool = False                         # with torchrun: shard parameters and state (FSDP2), not DDP
@@ -242,6 +243,24 @@ class MAETask:
 
 def _world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _precision(cfg: Config, device: torch.device) -> str:
+    """``--dtype`` resolved for this machine (:func:`zoo.precision.resolve`); with several processes,
+    rank 0's choice, so that every rank computes alike."""
+    chosen = resolve(cfg.dtype, device)
+    if _world()[1] > 1:
+        box = [chosen]
+        dist.broadcast_object_list(box, src=0)
+        chosen = box[0]
+    return chosen
+
+
+def _precision_line(cfg: Config) -> str:
+    """The precision the runs computed in (``--dtype`` resolved) and the machine."""
+    device = _device(cfg)
+    where = host() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    return f"precision: {resolve(cfg.dtype, device)} (--dtype {cfg.dtype}) on {where}"
 
 
 def _device(cfg: Config) -> torch.device:
@@ -428,8 +447,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
     replica = nn.parallel.DistributedDataParallel(model) if world > 1 and not cfg.fsdp else model
     forward = torch.compile(replica) if cfg.compile else replica
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_precision(cfg, device) == "bf16")
     # else the CUDA counter, or nothing (torch's MemTracker is a dispatch mode, which torch.compile refuses)
     track_peak = device.type == "cpu" and world == 1 and not cfg.compile and not cfg.compile_optimizer
     if device.type == "cuda":
@@ -596,7 +614,7 @@ def compare(cfg: Config, task=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         header = (f"# {cfg.task} {cfg.model}: {cfg.steps} steps, global batch {cfg.batch_size}"
                   + (f" x {cfg.seq_len} tokens ({cfg.corpus})" if cfg.task == "llama" else " images")
                   + f", seeds {list(cfg.seeds)}, world size {_world()[1]}" + (" (FSDP2)" if cfg.fsdp else "")
-                  + f"\n\npeak lr: {lrs}\n\n")
+                  + f"\n\n{_precision_line(cfg)}\n\npeak lr: {lrs}\n\n")
         (out / "summary.md").write_text(header + markdown(table) + "\n")
         fig, ax = plt.subplots(figsize=(7, 4))
         plot_val_loss(metrics, ax=ax)
@@ -640,7 +658,8 @@ def _parser() -> ArgumentParser:
                    "step (compile=True)")
     p.add_argument("--layerwise", action="store_true", help="update each parameter inside backward and free its "
                    "gradient (zoo.layerwise); needs --grad-clip 0, one process")
-    p.add_argument("--dtype", choices=DTYPES, default="auto", help="autocast: auto is bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="autocast: auto is bf16 on CUDA and on a CPU where "
+                   "bf16 matmuls are measured faster than fp32 (zoo.precision), else fp32")
     p.add_argument("--weights", choices=WEIGHTS, default="float", help="int8: attention and MLP weights stored as "
                    "INT8 with stochastic rounding (zoo.quantize_weights); one process")
     p.add_argument("--fsdp", action="store_true", help="with torchrun: shard parameters, gradients and optimizer "

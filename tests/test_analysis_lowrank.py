@@ -305,7 +305,7 @@ def test_pretraining_runner_captures_real_gradients_for_the_analysis(tmp_path, m
     from analysis import pretrain
     from analysis.models import llama
 
-    settings = dict(batch_size=4, seq_len=16, eval_batches=1)
+    settings = dict(batch_size=4, seq_len=16, eval_batches=1, dtype="fp32")   # the reference below is fp32
     path = lowrank.capture_run(tmp_path, steps=4, at_steps=(2, 0), window=2, **settings)
     assert path == tmp_path / "grads" / "adamw_seed0.pt" and (tmp_path / "runs" / "adamw_seed0.csv").exists()
     assert lowrank.load_meta(path) == dict(task="llama", model="tiny", optimizer="adamw", seed=0, steps=4, window=2,

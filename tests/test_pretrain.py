@@ -17,7 +17,7 @@ from analysis.pretrain import Config, METRICS, compare, load_metrics, parse_args
 from conftest import write_idx_set
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(steps=6, batch_size=4, seq_len=16, eval_interval=3, eval_batches=2, progress=False)
+SMALL = dict(steps=6, batch_size=4, seq_len=16, eval_interval=3, eval_batches=2, progress=False, dtype="fp32")
 
 
 def small(tmp_path, **overrides) -> Config:
@@ -176,6 +176,17 @@ def test_int8_weights_are_refused_with_several_processes(tmp_path, monkeypatch):
         pretrain.prepare(small(tmp_path, weights="int8"))
 
 
+def test_dtype_auto_runs_in_the_precision_this_cpu_is_fast_in(tmp_path):
+    """--dtype auto is bf16 where the probe measures bf16 matmuls faster than fp32, else fp32: the
+    same losses as that precision asked for by name; the summary names the precision and the host."""
+    chosen = zoo.precision.resolve("auto")
+    auto, _ = compare(small(tmp_path / "a", dtype="auto"))
+    named, _ = compare(small(tmp_path / "b", dtype=chosen))
+    assert auto["train_loss"].equals(named["train_loss"])
+    summary = (tmp_path / "a" / "summary.md").read_text()
+    assert f"precision: {chosen} (--dtype auto) on {zoo.precision.cpu_name()}" in summary
+
+
 def test_bf16_autocast_on_the_cpu(tmp_path):
     fp32, _ = compare(small(tmp_path / "a"))
     bf16, _ = compare(small(tmp_path / "b", dtype="bf16"))
@@ -230,7 +241,7 @@ def test_two_ranks_match_one_process(tmp_path, mode):
     amplified (Adam's g/sqrt(v) turns it into relative differences of 1e-3 at coordinates whose
     gradient is tiny)."""
     args = ["llama", "--optimizers", "sgdm", "--lr", "0.3", "--seeds", "0", "--steps", "4", "--batch-size", "4",
-            "--seq-len", "16", "--eval-interval", "2", "--eval-batches", "1", "--no-progress"]
+            "--seq-len", "16", "--eval-interval", "2", "--eval-batches", "1", "--no-progress", "--dtype", "fp32"]
     run_ranks(*args, *(["--fsdp"] if mode == "fsdp" else []), "--out", str(tmp_path / mode))
     subprocess.run([sys.executable, "-m", "analysis.pretrain", *args, "--out", str(tmp_path / "one")], cwd=ROOT,
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True, timeout=300)

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map_only
 
 from .filters import default_filter
+from .precision import slow_input_gradient
 
 
 __all__ = ["QuantizedWeight", "quantize_weights", "materialize_quantized", "quantize", "quantized_bytes",
@@ -215,7 +216,9 @@ torch.serialization.add_safe_globals([_rebuild])   # torch.load(..., weights_onl
 
 class _QuantizedLinear(torch.autograd.Function):
     """``F.linear(x, weight, bias)`` with ``weight`` dequantized in forward and again in
-    backward: only the codes are saved. Under autocast the matmuls run in the autocast dtype."""
+    backward: only the codes are saved. Under autocast the matmuls run in the autocast dtype. The
+    input gradient ``g @ W`` is taken from a transposed copy of ``W`` where that layout is slow in the
+    gradient's precision (bf16 on AVX2-only CPUs, :func:`zoo.precision.slow_input_gradient`)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: QuantizedWeight, bias: Tensor | None):
@@ -229,7 +232,12 @@ class _QuantizedLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad @ weight.dequantize(grad.dtype)).to(ctx.x_dtype)
+            dense = weight.dequantize(grad.dtype)
+            if slow_input_gradient(grad.dtype, grad.device):   # g @ W as g @ (W.T).T, the layout F.linear takes
+                grad_x = F.linear(grad, dense.t().contiguous())
+            else:
+                grad_x = grad @ dense
+            grad_x = grad_x.to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             grad_w = (grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:

@@ -3,7 +3,7 @@
     python -m analysis.memory plan --model 7B,13B --optimizers adamw,galore,apollo,apollo-mini \\
         --dtype bf16 --batch-size 1 --seq-len 256 [--layerwise] [--checkpointing] [--gpu-memory 80] --out DIR
     python -m analysis.memory measure --model 1B --optimizers adamw,apollo-mini,apollo-mini+layerwise \\
-        --dtype bf16 --batch-size 1 --seq-len 256 [--weights int8] --out DIR
+        [--dtype auto] --batch-size 1 --seq-len 256 [--weights int8] --out DIR
     python -m analysis.memory demo [--model 7B] [--optimizer apollo-mini] [--steps 3] --out DIR
 
 ``plan`` runs each step under FakeTensorMode (no memory used) and writes ``DIR/plan.csv``
@@ -15,7 +15,8 @@ memory, seconds per step and the losses, beside the plan of the same step. An op
 stores the attention and MLP weights as INT8 (:mod:`zoo.quantized`). GB = 10⁹ bytes.
 
 ``demo`` trains the papers' smallest-memory setting for real on this machine: LLaMA-7B built on
-the meta device and materialised and quantized one module at a time, INT8 weights, bf16 compute,
+the meta device and materialised and quantized one module at a time, INT8 weights, bf16 compute
+where this CPU runs bf16 faster than fp32, else fp32 (``--dtype``, :func:`zoo.precision.resolve`),
 per-layer updates, batch 1 of 256 tokens, on one repeated batch. It writes ``DIR/demo.csv``: the
 measured step (tracked peak by category, maximum resident memory, seconds per step, the loss of
 every step) and the planner's rows for the same setting, for float weights and for AdamW (which
@@ -30,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..cli import ArgumentParser, choice_list, float_range, integer, make_folder, usage_errors
+from zoo.precision import host, resolve
+
 from ..models.llama import CONFIGS
 from .plan import DTYPES, WEIGHTS, Setting, measured_row, plan
 
@@ -48,8 +51,13 @@ def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
         sub.add_argument("--model", type=choice_list(PAPER_SIZES), default=("7B",), help="comma-separated LLaMA sizes")
         sub.add_argument("--optimizers", default="adamw,galore,apollo,apollo-mini",
                          help="comma-separated registry names, each optionally +layerwise")
-        sub.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
-                         help="weights, gradients and optimizer states")
+        if name == "plan":
+            sub.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
+                             help="weights, gradients and optimizer states")
+        else:
+            sub.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                             help="weights, gradients and optimizer states (auto: bf16 where this CPU runs it faster "
+                                  "than fp32, zoo.precision)")
         sub.add_argument("--batch-size", type=integer(1), default=1)
         sub.add_argument("--seq-len", type=integer(1), default=256)
         sub.add_argument("--weights", choices=WEIGHTS, default="float",
@@ -74,18 +82,21 @@ def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     demo.add_argument("--seq-len", type=integer(1), default=256)
     demo.add_argument("--steps", type=integer(1), default=3, help="timed steps after the first and the tracked one")
     demo.add_argument("--lr", type=float_range(0, open_low=True), default=1e-3, help="learning rate, no warm-up")
+    demo.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                      help="compute precision (auto: bf16 where this CPU runs it faster than fp32, zoo.precision)")
     demo.add_argument("--out", type=Path, required=True, help="output folder")
     return parser, subs
 
 
 def _settings(args) -> list[Setting]:
+    dtype = resolve(args.dtype) if args.command == "measure" else args.dtype   # a plan runs nothing: as asked
     settings = []
     for model in args.model:
         for entry in (e.strip() for e in args.optimizers.split(",") if e.strip()):
             name, _, suffix = entry.partition("+")
             if suffix not in ("", "layerwise"):
                 raise ValueError(f"--optimizers entry {entry!r}: allowed a registry name, optionally +layerwise")
-            settings.append(Setting(model, name, args.dtype, args.batch_size, args.seq_len,
+            settings.append(Setting(model, name, dtype, args.batch_size, args.seq_len,
                                     args.layerwise or suffix == "layerwise", args.checkpointing, args.rank, args.lr,
                                     args.weights))
     if not settings:
@@ -95,8 +106,8 @@ def _settings(args) -> list[Setting]:
 
 def _demo_settings(args) -> list[Setting]:
     """The measured setting, then those planned beside it: float weights, AdamW."""
-    measured = Setting(args.model, args.optimizer, "bf16", args.batch_size, args.seq_len, layerwise=True, lr=args.lr,
-                       weights="int8")
+    measured = Setting(args.model, args.optimizer, resolve(args.dtype), args.batch_size, args.seq_len, layerwise=True,
+                       lr=args.lr, weights="int8")
     return [measured, replace(measured, weights="float"), replace(measured, optimizer="adamw", weights="float"),
             replace(measured, optimizer="adamw", weights="float", layerwise=False)]
 
@@ -105,8 +116,8 @@ def demo(settings: list[Setting], steps: int) -> pd.DataFrame:
     """The first of ``settings`` measured (:func:`measured_row`, reported as it goes), then all of
     them planned; one frame, ``how`` saying which."""
     first = settings[0]
-    print(f"measuring {first.model} {first.optimizer}, INT8 weights, bf16, per-layer updates, batch "
-          f"{first.batch_size} x {first.seq_len} tokens, {steps + 2} steps on this machine's CPU ...", flush=True)
+    print(f"{host()}\nmeasuring {first.model} {first.optimizer}, INT8 weights, {first.dtype}, per-layer updates, "
+          f"batch {first.batch_size} x {first.seq_len} tokens, {steps + 2} steps on this machine's CPU ...", flush=True)
     measured = measured_row(first, steps)
     print(f"peak {measured['peak_gb']:.2f} GB tracked (planned {measured['planned_peak_gb']:.2f}), maximum resident "
           f"{measured['max_resident_gb']:.2f} GB; first step {measured['first_step_s']:.1f} s, then "
@@ -134,6 +145,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         frame = plan(settings, gpu_memory_gib=args.gpu_memory, progress=True)
         path = args.out / "plan.csv"
     else:
+        print(host(), flush=True)
         rows = []
         for setting in settings:
             rows.append(measured_row(setting, args.steps))
