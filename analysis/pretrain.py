@@ -38,6 +38,7 @@ from torch import nn
 
 import zoo
 from zoo.filters import select_matrices
+from zoo.integrations import switch
 from zoo.memory import state_bytes
 from zoo.precision import host, resolve
 
@@ -307,13 +308,6 @@ def _evaluate(task, model, device, autocast) -> float:
     return sum(losses) / len(losses)
 
 
-def _switch(optimizer, mode: str) -> None:
-    """``optimizer.eval()`` or ``optimizer.train()`` (``mode``) where the optimizer has them."""
-    method = getattr(optimizer, mode, None)
-    if callable(method):
-        method()
-
-
 def _shard(model: nn.Module, device: torch.device) -> None:
     """FSDP2 over all ranks: every block of the model's ``nn.ModuleList`` s its own unit (its
     parameters gathered for its forward and backward only), the rest with the root."""
@@ -441,7 +435,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         scheduler.load_state_dict(ckpt["scheduler"])
         data.set_state(ckpt["data_rng"])
         step, rows = ckpt["step"], ckpt["rows"]
-    _switch(optimizer, "train")   # a checkpoint holds the evaluated point (eval mode)
+    switch(optimizer, "train")   # a checkpoint holds the evaluated point (eval mode)
     capture = None
     if cfg.capture_grads:
         capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
@@ -455,10 +449,10 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     peak = rows[-1].get("peak_bytes", math.nan) if rows else math.nan
     cautious = zoo.info(name).cautious
     if step == 0:
-        _switch(optimizer, "eval")
+        switch(optimizer, "eval")
         rows.append(dict(step=0, val_loss=_evaluate(task, model, device, autocast), samples=0, units=0, wall_s=0.0,
                          state_bytes=state_bytes(optimizer)))
-        _switch(optimizer, "train")
+        switch(optimizer, "train")
     progress = Progress(cfg.steps, f"{name} seed {seed}", initial=step, enabled=cfg.progress and rank == 0)
     while step < cfg.steps:
         tick = time.perf_counter()
@@ -493,7 +487,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
                    masked_fraction=1.0 - optimizer.aligned_fraction() if cautious else math.nan, peak_bytes=peak)
         evaluation = step % cfg.eval_interval == 0 or step == cfg.steps  # also where checkpoints go
         if evaluation:
-            _switch(optimizer, "eval")   # evaluated and checkpointed in eval mode, back to train mode after
+            switch(optimizer, "eval")   # evaluated and checkpointed in eval mode, back to train mode after
             row["val_loss"] = _evaluate(task, model, device, autocast)
         rows.append(row)
         progress.update(loss=row["train_loss"], **({"val_loss": row["val_loss"]} if evaluation else {}))
@@ -504,7 +498,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
                 save_checkpoint(ckpt_path, dict(model=model_state, optimizer=optimizer_state,
                                                 scheduler=scheduler.state_dict(), data_rng=data.get_state(),
                                                 step=step, rows=rows, config=_signature(cfg, name)))
-            _switch(optimizer, "train")
+            switch(optimizer, "train")
     progress.close()
     if world > 1 and not cfg.fsdp and not _replicas_agree(model):
         raise RuntimeError(f"data-parallel replicas diverged ({name}, seed {seed})")

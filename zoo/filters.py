@@ -100,8 +100,13 @@ def _embedding_ids(model: nn.Module) -> set[int]:
     return ids
 
 
+def _router_class(classes: list[str]) -> bool:
+    """Whether one of ``classes`` (a module's and its ancestors' inside the block) is a router's."""
+    return any("Router" in c or c.endswith("Gating") for c in classes)
+
+
 def _is_router(leaf: str, module: nn.Module, parent: nn.Module, classes: list[str]) -> bool:
-    if any("Router" in c or c.endswith("Gating") for c in classes):
+    if _router_class(classes):
         return True
     if "router" in leaf.lower():
         return True
@@ -130,7 +135,7 @@ def select_matrices(model: nn.Module) -> Selection:
             if linear and pname == "weight":
                 target = selection.routers if _is_router(leaf, module, parent, classes) else selection.matrices
                 target[name] = param
-            elif any("Router" in c or c.endswith("Gating") for c in classes):
+            elif _router_class(classes):
                 selection.routers[name] = param
             elif isinstance(module, _LEAVES) or linear:
                 continue   # convolutions, tables, norms: not matrices of a linear map

@@ -44,8 +44,8 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..filters import select_matrices
-from . import check_per_layer, figures, switch
 from ..quantized import HF_METHOD, STATE_SUFFIXES, QuantizedWeight, _check_settings, _hook_state, quantize
+from . import check_per_layer, figures, switch
 
 __all__ = ["ZooCallback", "ZooInt8Config", "ZooInt8Quantizer", "METHOD"]
 
