@@ -60,6 +60,10 @@ from .models import llama
 BASELINES = {"torch-adamw-forloop": {"foreach": False}, "torch-adamw-foreach": {"foreach": True},
              "torch-adamw-fused": {"fused": True}}   # name -> torch.optim.AdamW options
 VARIANTS = {"adamw-fused": ("adamw", {"fused": True})}   # name -> zoo name, options
+PEERS = {"bnb-adamw8bit": ("bitsandbytes.optim", "AdamW8bit", 8), "torchao-adamw8bit": ("torchao.optim", "AdamW8bit", 8),
+         "torchao-adamw4bit": ("torchao.optim", "AdamW4bit", 4)}
+"""Low-bit AdamW of the peers: name -> (module, class, state bits), measured beside ``adamw+8bit``
+and ``adamw+4bit`` where they import and step on this device."""
 LR = 1e-4
 
 
@@ -75,6 +79,42 @@ def bandwidth_kernels(megabytes: int, device: str = "cpu") -> dict:
 
 
 COMPILED = "+compile"
+BITS = {"+8bit": 8, "+4bit": 4}
+
+
+def parse(name: str) -> tuple[str, dict]:
+    """(zoo name, options) of a row name ``<zoo name>[+8bit|+4bit][+compile]``."""
+    options = {}
+    if name.endswith(COMPILED):
+        name, options["compile"] = name.removesuffix(COMPILED), True
+    for suffix, bits in BITS.items():
+        if name.endswith(suffix):
+            name, options["state_bits"] = name.removesuffix(suffix), bits
+    return name, options
+
+
+def peer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The peer optimizer ``name`` of :data:`PEERS` (ImportError where its package is missing)."""
+    import importlib
+    module, cls, _ = PEERS[name]
+    return getattr(importlib.import_module(module), cls)(params, lr=LR)
+
+
+def peers(bits: tuple[int, ...], device: str) -> tuple[list[str], list[str]]:
+    """(the peers of :data:`PEERS` at ``bits`` that build and step here, one line per other peer
+    saying why it is not measured)."""
+    measured, missing = [], []
+    for name, (_, _, peer_bits) in PEERS.items():
+        if peer_bits not in bits:
+            continue
+        try:
+            p = torch.zeros(4096, device=device, requires_grad=True)
+            p.grad = torch.ones_like(p)
+            peer(name, [p]).step()
+            measured.append(name)
+        except Exception as error:   # a missing package, or one without a kernel for this device
+            missing.append(f"{name} not measured: {type(error).__name__}: {str(error).strip().splitlines()[0][:160]}")
+    return measured, missing
 
 
 def build(name: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> tuple[torch.optim.Optimizer, float]:
@@ -87,20 +127,32 @@ def build(name: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> t
         opt = torch.optim.AdamW(params, lr=LR, **BASELINES[name])
     elif name in VARIANTS:
         opt = zoo.get(VARIANTS[name][0])(params, lr=LR, **VARIANTS[name][1])
-    elif name.endswith(COMPILED):
-        opt = zoo.get(name.removesuffix(COMPILED))(params, lr=LR, compile=True)
+    elif name in PEERS:
+        opt = peer(name, params)
     else:
-        opt = zoo.get(name)(params, lr=LR)
+        base, options = parse(name)
+        opt = zoo.get(base)(params, lr=LR, **options)
     start = time.perf_counter()
     opt.step()
     return opt, time.perf_counter() - start
 
 
+def state_nbytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors in ``opt.state``; a tensor subclass (torchao's low-bit states) by the
+    tensors it holds (its ``__tensor_flatten__``)."""
+    total = 0
+    for value in (v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)):
+        if type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+            total += sum(getattr(value, inner).nbytes for inner in value.__tensor_flatten__()[0])
+        else:
+            total += value.nbytes
+    return total
+
+
 def bytes_moved(opt: torch.optim.Optimizer) -> int:
     """The least memory traffic of one step: params read and written, grads read, state read and written."""
     params = [p for group in opt.param_groups for p in group["params"]]
-    state = sum(v.nbytes for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
-    return sum(2 * p.nbytes + p.grad.nbytes for p in params) + 2 * state
+    return sum(2 * p.nbytes + p.grad.nbytes for p in params) + 2 * state_nbytes(opt)
 
 
 def seconds_per_call(fn, warmup: int, steps: int) -> float:
@@ -123,15 +175,19 @@ def synchronize() -> None:
 
 def step_table(names: list[str], shape: tuple[int, ...], count: int, rounds: int, warmup: int,
                steps: int, copy_mb: int, seed: int = 0, compiled: bool = False, device: str = "cpu",
-               dtype: str = "fp32") -> tuple[pd.DataFrame, dict]:
-    """One row per optimizer (``names`` plus the torch baselines, and with ``compiled`` each name
-    with ``compile=True``), indexed and sorted by name, and the bandwidth (bytes/s) of each of
-    :func:`bandwidth_kernels`, timed in the same rounds; tensors of ``dtype`` on ``device``."""
+               dtype: str = "fp32", state_bits: tuple[int, ...] = (), peer_names: tuple[str, ...] = ()
+               ) -> tuple[pd.DataFrame, dict]:
+    """One row per optimizer (``names`` plus the torch baselines; with ``state_bits`` each name
+    also with its states in those bits, ``<name>+8bit``; with ``compiled`` each of these with
+    ``compile=True``; and ``peer_names`` of :data:`PEERS`), indexed and sorted by name, and the
+    bandwidth (bytes/s) of each of :func:`bandwidth_kernels`, timed in the same rounds; tensors
+    of ``dtype`` on ``device``."""
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(shape, generator=gen).to(device, DTYPES[dtype]) for _ in range(count)]
     grads = [torch.randn(shape, generator=gen).to(device, DTYPES[dtype]) for _ in range(count)]
     extra = [v for v, (base, _) in VARIANTS.items() if base in names]
-    extra += [name + COMPILED for name in names] if compiled else []
+    low_bit = [f"{name}+{bits}bit" for name in names for bits in state_bits]
+    extra += low_bit + ([name + COMPILED for name in [*names, *low_bit]] if compiled else []) + list(peer_names)
     built = {name: build(name, params, grads) for name in track([*names, *extra, *BASELINES], "build")}
     opts = {name: opt for name, (opt, _) in built.items()}
     streams = bandwidth_kernels(copy_mb, device)
@@ -153,7 +209,7 @@ def step_table(names: list[str], shape: tuple[int, ...], count: int, rounds: int
         rows.append({"optimizer": name, "ms/step": 1e3 * sec, "x fastest torch": sec / min(loop, foreach),
                      "x torch loop": sec / loop, "x torch foreach": sec / foreach,
                      "x torch fused": sec / fused,
-                     "state MB": zoo.state_bytes(opt) / 1e6, "moved MB": moved / 1e6,
+                     "state MB": state_nbytes(opt) / 1e6, "moved MB": moved / 1e6,
                      "GB/s": moved / sec / 1e9, "% roofline": 100 * moved / sec / roofline,
                      "first step s": built[name][1]})
     return pd.DataFrame(rows).set_index("optimizer").sort_index(), bandwidths
@@ -206,6 +262,17 @@ def target_checks(table: pd.DataFrame) -> list[str]:
         if name in ms and ref_name in ms:
             ratio = ms[name] / ms[ref_name]
             lines.append(f"{name} <= {limit:.2f}x {ref_name}: {ratio:.2f}x {'OK' if ratio <= limit else 'MISS'}")
+    for bits in (8, 4):
+        name = f"adamw+{bits}bit" + c
+        if name not in ms:
+            continue
+        if bits == 8:
+            ratio = ms[name] / ms["torch-adamw-fused"]
+            lines.append(f"{name} <= 1.30x torch-adamw-fused (fp32 states): {ratio:.2f}x "
+                         f"{'OK' if ratio <= 1.3 else 'MISS'}")
+        for other in [n for n, (_, _, b) in PEERS.items() if b == bits and n in ms]:
+            ratio = ms[name] / ms[other]
+            lines.append(f"{name} faster than {other}: {ratio:.2f}x {'OK' if ratio < 1 else 'MISS'}")
     for name in [n for n in ms.index if n.endswith(c)]:
         eager = name.removesuffix(c)
         speedup, percent = ms[eager] / ms[name], table.loc[name, "% roofline"]
@@ -230,8 +297,11 @@ def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFra
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
     args.dtype = resolve(args.dtype, args.device)
+    bits = tuple(int(b) for b in args.state_bits)
+    measured_peers, missing_peers = peers(bits, args.device) if "adamw" in names else ([], [])
     table, bandwidths = step_table(names, args.shape, args.count, args.rounds, args.warmup, args.steps,
-                                   args.copy_mb, compiled=args.compile, device=args.device, dtype=args.dtype)
+                                   args.copy_mb, compiled=args.compile, device=args.device, dtype=args.dtype,
+                                   state_bits=bits, peer_names=tuple(measured_peers))
     shape = "x".join(map(str, args.shape))
     where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}" if args.device == "cuda" else host()
     print(f"{where}\n{args.count} x {shape} {args.dtype}, {args.rounds} rounds x {args.steps} steps "
@@ -240,7 +310,7 @@ def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFra
     print(f"copy bandwidth: {copy:.1f} GB/s (dst.copy_(src), 2 x nbytes, {args.copy_mb} MiB fp32, same rounds)")
     print(f"add bandwidth:  {add:.1f} GB/s (dst.add_(src), 3 x nbytes); roofline = {max(copy, add):.1f} GB/s\n")
     print(table.to_string(float_format=lambda x: f"{x:.2f}"))
-    print("\n" + "\n".join(target_checks(table)))
+    print("\n" + "\n".join([*missing_peers, *target_checks(table)]))
     low_rank = [n for n in names if zoo.info(n).low_rank and not zoo.info(n).cautious]
     if low_rank and args.refresh_steps:
         refresh = refresh_table(low_rank, args.shape, args.count, args.refresh_gap, args.refresh_steps)
@@ -329,6 +399,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     step.add_argument("--dtype", choices=("auto", *DTYPES), default="fp32",
                       help="of parameters, gradients and state (auto: bf16 where this machine runs it faster than "
                            "fp32, zoo.precision)")
+    step.add_argument("--state-bits", type=choice_list(("8", "4")), default=(),
+                      help="also time every name with its states in these bits (8,4: rows <name>+8bit, <name>+4bit), "
+                           "and beside adamw the peers' low-bit AdamW (bitsandbytes, torchao) that run here")
     step.add_argument("--compile", action="store_true", help="also time every name with compile=True "
                       "(its first step, compilation included, in the 'first step s' column)")
     step.set_defaults(run=step_command)

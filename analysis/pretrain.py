@@ -53,7 +53,7 @@ __all__ = ["Config", "DEFAULT_LR", "METRICS", "prepare", "train", "compare", "lo
 
 TASKS = ("llama", "mae")
 DTYPES = ("auto", "fp32", "bf16")
-WEIGHTS = ("float", "int8")
+WEIGHTS = ("float", "int8", "bf16")
 METRICS = ("step", "train_loss", "val_loss", "lr", "samples", "units", "wall_s", "state_bytes",
            "masked_fraction", "peak_bytes")
 """Columns of a run's CSV. ``step`` 0 holds the initial validation loss; ``samples`` counts
@@ -100,7 +100,11 @@ class Config:
     compile_optimizer: bool = False            # each optimizer step through torch.compile (compile=True)
     dtype: str = "auto"                        # autocast: bf16 on CUDA, on the CPU where faster (zoo.precision)
     layerwise: bool = False                    # update each parameter inside backward (zoo.layerwise)
-    weights: str = "float"                     # or "int8": attention and MLP weights quantized (zoo.quantized)
+    weights: str = "float"                     # or "int8": attention and MLP weights quantized (zoo.quantized);
+                                               # "bf16": every weight bfloat16 (no float32 master copy)
+    state_bits: int = 32                       # 8 or 4: optimizer states in blockwise codes (zoo.lowbit)
+    stochastic_round: bool = False             # bf16 weights: each update rounded stochastically
+    kahan: bool = False                        # bf16 weights: a Kahan compensation buffer
     fsdp: bool = False                         # with torchrun: shard parameters and state (FSDP2), not DDP
     out: str = "runs/llama"
     resume: bool = False
@@ -133,6 +137,19 @@ class Config:
                              "the global norm of grad_clip cannot be computed: pass --grad-clip 0 (no clipping)")
         if self.weights not in WEIGHTS:
             raise ValueError(f"unknown weights {self.weights!r}; allowed: {', '.join(WEIGHTS)}")
+        if self.state_bits not in (32, 8, 4):
+            raise ValueError(f"state_bits (--state-bits) must be 32, 8 or 4, got {self.state_bits}")
+        if self.state_bits != 32 and self.fsdp:
+            raise ValueError("--state-bits with --fsdp: a block of quantized state values would straddle the shards; "
+                             "use DDP (without --fsdp) or --state-bits 32")
+        if self.stochastic_round and self.kahan:
+            raise ValueError("--stochastic-round and --kahan are two ways to keep the small updates of bf16 weights: "
+                             "choose one")
+        if (self.stochastic_round or self.kahan) and self.weights != "bf16":
+            raise ValueError(f"--{'kahan' if self.kahan else 'stochastic-round'} keeps the small updates of bfloat16 "
+                             f"weights: pass --weights bf16 (the weights here are {self.weights})")
+        if self.weights == "bf16" and self.dtype == "fp32":
+            raise ValueError("--weights bf16 computes in bf16 (its weights are bf16): --dtype fp32 contradicts it")
         if self.fsdp and self.compile_optimizer:
             raise ValueError("--compile-optimizer compiles steps of whole tensors; with --fsdp the parameters are "
                              "DTensors, which the compiled steps do not support: drop one of the two")
@@ -261,7 +278,12 @@ def _precision_line(cfg: Config) -> str:
     """The precision the runs computed in (``--dtype`` resolved) and the machine."""
     device = _device(cfg)
     where = host() if device.type == "cpu" else torch.cuda.get_device_name(device)
-    return f"precision: {resolve(cfg.dtype, device)} (--dtype {cfg.dtype}) on {where}"
+    compute = "bf16" if cfg.weights == "bf16" else resolve(cfg.dtype, device)
+    weights = {"float": "float32 weights", "int8": "INT8 attention and MLP weights",
+               "bf16": "bfloat16 weights, " + ("stochastic rounding" if cfg.stochastic_round else
+                                                "Kahan summation" if cfg.kahan else "rounded to nearest")}[cfg.weights]
+    states = "full-precision" if cfg.state_bits == 32 else f"{cfg.state_bits}-bit"
+    return f"precision: {compute} (--dtype {cfg.dtype}) on {where}; {weights}; {states} optimizer states"
 
 
 def _device(cfg: Config) -> torch.device:
@@ -291,6 +313,7 @@ def _build_optimizer(cfg: Config, name: str, model: nn.Module):
         if "rank" not in rec.fixed:
             widths = [min(p.shape) for p in select_matrices(model).matrices.values()]
             hparams["rank"] = cfg.rank or max(1, max(widths) // 4)
+    hparams.update(state_bits=cfg.state_bits, stochastic_round=cfg.stochastic_round, kahan=cfg.kahan)
     hparams.update(cfg.options.get(name, {}))
     return zoo.create(model, name, layerwise=cfg.layerwise, compile=cfg.compile_optimizer, **hparams)
 
@@ -423,6 +446,8 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     model = task.build_model().to(device)
     if cfg.weights == "int8":
         zoo.quantize_weights(model)   # attention and MLP weights, groups of 128, stochastic rounding
+    elif cfg.weights == "bf16":
+        model.to(torch.bfloat16)   # the seed's initial weights, rounded
     if cfg.fsdp:
         _shard(model, device)
     optimizer = _build_optimizer(cfg, name, model)
@@ -441,7 +466,8 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
         capture = GradientCapture(model, at_steps=cfg.capture_grads, window=cfg.capture_window)
     replica = nn.parallel.DistributedDataParallel(model) if world > 1 and not cfg.fsdp else model
     forward = torch.compile(replica) if cfg.compile else replica
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_precision(cfg, device) == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=_precision(cfg, device) == "bf16" or cfg.weights == "bf16")
     # else the CUDA counter, or nothing (torch's MemTracker is a dispatch mode, which torch.compile refuses)
     track_peak = device.type == "cpu" and world == 1 and not cfg.compile and not cfg.compile_optimizer
     if device.type == "cuda":
@@ -655,7 +681,14 @@ def _parser() -> ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="autocast: auto is bf16 on CUDA and on a CPU where "
                    "bf16 matmuls are measured faster than fp32 (zoo.precision), else fp32")
     p.add_argument("--weights", choices=WEIGHTS, default="float", help="int8: attention and MLP weights stored as "
-                   "INT8 with stochastic rounding (zoo.quantize_weights); one process")
+                   "INT8 with stochastic rounding (zoo.quantize_weights), one process; bf16: every weight bfloat16 "
+                   "(no float32 master copy), updates rounded to nearest unless --stochastic-round or --kahan")
+    p.add_argument("--state-bits", type=int, choices=(32, 8, 4), default=32, help="8 or 4: optimizer states in "
+                   "blockwise codes (zoo.lowbit)")
+    p.add_argument("--stochastic-round", action="store_true", help="with --weights bf16: round each weight "
+                   "update stochastically (unbiased)")
+    p.add_argument("--kahan", action="store_true", help="with --weights bf16: keep each weight's rounding error in a "
+                   "Kahan compensation buffer")
     p.add_argument("--fsdp", action="store_true", help="with torchrun: shard parameters, gradients and optimizer "
                    "state over the ranks (FSDP2 fully_shard) instead of replicating the model (DDP)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
@@ -663,7 +696,7 @@ def _parser() -> ArgumentParser:
     for f in fields(Config):
         if f.name in ("task", "model", "optimizers", "seeds", "lr", "options", "out", "corpus", "data_dir",
                       "capture_grads", "resume", "compile", "compile_optimizer", "progress", "layerwise", "dtype",
-                      "weights", "fsdp"):
+                      "weights", "fsdp", "state_bits", "stochastic_round", "kahan"):
             continue
         kind = {"warmup": int, "weight_decay": float, "rank": int, "batch_size": int}.get(f.name, type(f.default))
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,

@@ -43,10 +43,13 @@ from zoo.optimizers import lowrank
 STEPS = 4
 
 
+LOW_BIT = ("adamw", "c-adamw", "lion", "sgdm", "adan", "soap")   # ZeRO with state_bits=8
+
+
 class Net(nn.Module):
-    def __init__(self):
+    def __init__(self, hidden: int = 24):   # 256: a first weight of 4,096 values, kept in 8 bits
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 9))
+        self.mlp = nn.Sequential(nn.Linear(16, hidden), nn.Tanh(), nn.Linear(hidden, 9))
 
     def forward(self, x):
         return self.mlp(x)
@@ -149,32 +152,36 @@ def largest_difference(states: dict, expected: dict) -> float:
     return worst
 
 
-def zero(name: str, indexed: bool = True) -> dict:
+def zero(name: str, indexed: bool = True, **more) -> dict:
     """ZeRO-1: ``ZeroRedundancyOptimizer`` with ``optimizer_class=zoo.get(name)`` under DDP, every
     rank on the same global batch (so DDP's mean gradient is the one-process gradient exactly),
     against one process; then the state consolidated on rank 0, loaded into a one-process
-    optimizer, against the one-process state. ``indexed=False`` skips ``zoo.index_parameters``."""
+    optimizer, against the one-process state. ``indexed=False`` skips ``zoo.index_parameters``;
+    ``more`` are settings of both optimizers (``state_bits=8``: on a wider net)."""
     torch.manual_seed(0)
     x, y = torch.randn(32, 16), torch.randn(32, 9)
-    reference = Net()
+    reference = Net(256 if more else 24)
     model = copy.deepcopy(reference)
     if indexed:
         zoo.index_parameters(model.parameters())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=zoo.get(name), **settings(name))
+        optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=zoo.get(name),
+                                            **settings(name, **more))
         train(DistributedDataParallel(model), optimizer, x, y, False)
     optimizer.consolidate_state_dict(to=0)
     if dist.get_rank() != 0:
         return {}
     state = optimizer.state_dict()
-    expected = build(name, reference)
+    expected = build(name, reference, **more)
     train(reference, expected, x, y, False)
-    loaded = zoo.get(name)(copy.deepcopy(reference).parameters(), **settings(name))
+    loaded = zoo.get(name)(copy.deepcopy(reference).parameters(), **settings(name, **more))
     loaded.load_state_dict(state)
     return {"difference": max((a - b).abs().max().item() for a, b in zip(model.parameters(), reference.parameters())),
             "state_difference": largest_difference(loaded.state_dict()["state"], expected.state_dict()["state"]),
-            "warned": any("zoo.index_parameters" in str(w.message) for w in caught)}
+            "warned": any("zoo.index_parameters" in str(w.message) for w in caught),
+            "quantized": sum(v.dtype == torch.uint8 for s in state["state"].values() for v in s.values()
+                             if isinstance(v, torch.Tensor))}
 
 
 def main(out: str, names: list[str]) -> None:
@@ -192,6 +199,12 @@ def main(out: str, names: list[str]) -> None:
         for layer in (sharded.mlp[0], sharded.mlp[2], sharded):
             fully_shard(layer, mesh=mesh)
         assert all(isinstance(p, DTensor) for p in sharded.parameters())
+        if name in LOW_BIT:
+            try:
+                build(name, sharded, state_bits=8)
+                results.setdefault("refused", {})[name] = ""
+            except ValueError as error:
+                results.setdefault("refused", {})[name] = str(error)
         more = {"update_proj_gap": 2} if zoo.info(name).low_rank else {}   # refreshes at steps 1 and 3
         comms, svds = [], []
         with counting_svds(svds):
@@ -207,6 +220,8 @@ def main(out: str, names: list[str]) -> None:
                              "fractions": fractions, "expected_fractions": expected}
     for name in names or zoo.names():
         results[name]["zero"] = zero(name)
+        if name in LOW_BIT:
+            results[name]["zero_8bit"] = zero(name, state_bits=8)
     if "apollo" in results:
         results["apollo"]["zero_unindexed"] = zero("apollo", indexed=False)
     for name in names or zoo.names():

@@ -122,6 +122,7 @@ INVALID = {
     "no_prox": "yes", "alpha_warmup": 0, "beta3_warmup": -5, "r": -1.0, "warmup_steps": -1, "weight_lr_power": -1.0,
     "correct_bias": "yes", "max_precond_dim": -1, "merge_dims": True, "normalize_grads": "yes",
     "precondition_1d": "yes", "precondition_frequency": 0, "shampoo_beta": 1.5,
+    "state_bits": 16, "stochastic_round": "yes", "kahan": 1,
 }
 
 

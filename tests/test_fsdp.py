@@ -56,6 +56,19 @@ def test_zero_redundancy_optimizer_equals_one_process(results, name):
     assert not result["warned"]
 
 
+@pytest.mark.parametrize("name", ["adamw", "c-adamw", "lion", "sgdm", "adan", "soap"])
+def test_zero_with_8_bit_states_equals_one_process(results, name):
+    result = results[name]["zero_8bit"]
+    assert result["quantized"] >= 1               # some state was kept in 8 bits, so the check means something
+    assert result["difference"] == 0.0
+    assert result["state_difference"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["adamw", "c-adamw", "lion", "sgdm", "adan", "soap"])
+def test_fsdp2_refuses_8_bit_states_with_the_reason(results, name):
+    assert "FSDP2" in results["refused"][name] and "straddle the shards" in results["refused"][name]
+
+
 def test_zero_without_parameter_indices_warns_and_draws_other_projections(results):
     """Each rank's optimizer holds a subset sorted by size: positions are not one process's."""
     result = results["apollo"]["zero_unindexed"]

@@ -11,7 +11,7 @@ from torch import nn
 
 import zoo
 from zoo.layerwise import SpentGradient
-from zoo.quantized import (QuantizedWeight, _rounding_noise, decode, encode, materialize_quantized, quantize,
+from zoo.quantized import (QuantizedWeight, rounding_noise, decode, encode, materialize_quantized, quantize,
                            quantize_weights, quantized_bytes)
 from analysis.memory.plan import Setting, llama_step
 from analysis.models.llama import CONFIGS, Llama
@@ -84,10 +84,10 @@ def test_stochastic_rounding_is_unbiased_and_in_range_and_nearest_is_biased():
 
 
 def test_noise_is_seeded_by_weight_and_count():
-    a = _rounding_noise((3, 4), seed=5, count=2, device="cpu")
-    assert torch.equal(a, _rounding_noise((3, 4), seed=5, count=2, device="cpu"))
-    assert not torch.equal(a, _rounding_noise((3, 4), seed=5, count=3, device="cpu"))
-    assert not torch.equal(a, _rounding_noise((3, 4), seed=6, count=2, device="cpu"))
+    a = rounding_noise((3, 4), seed=5, count=2, device="cpu")
+    assert torch.equal(a, rounding_noise((3, 4), seed=5, count=2, device="cpu"))
+    assert not torch.equal(a, rounding_noise((3, 4), seed=5, count=3, device="cpu"))
+    assert not torch.equal(a, rounding_noise((3, 4), seed=6, count=2, device="cpu"))
 
 
 # ---------------------------------------------------------------- forward and backward
@@ -157,7 +157,7 @@ def test_every_optimizer_updates_a_quantized_weight_as_a_float_one_then_rounds(n
         weight.grad, reference.grad = grad.clone(), grad.clone()
         opt.step()
         opt_ref.step()
-        codes, scale, low = encode(reference.detach(), GROUP, _rounding_noise(reference.shape, 7, count, "cpu"))
+        codes, scale, low = encode(reference.detach(), GROUP, rounding_noise(reference.shape, 7, count, "cpu"))
         assert torch.equal(weight.codes, codes) and torch.equal(weight.scale, scale) and torch.equal(weight.low, low)
         state, state_ref = opt.state[weight], opt_ref.state[reference]
         assert state.pop("rounding") == count and state.keys() == state_ref.keys()

@@ -61,7 +61,7 @@ from .precision import slow_input_gradient
 
 
 __all__ = ["QuantizedWeight", "quantize_weights", "materialize_quantized", "quantize", "quantized_bytes",
-           "working_copy", "encode", "decode", "BITS"]
+           "working_copy", "encode", "decode", "BITS", "rounding_noise", "round_stochastically"]
 
 aten = torch.ops.aten
 BITS = (8,)
@@ -80,7 +80,7 @@ def _check_settings(bits, group_size) -> None:
         raise ValueError(f"Invalid group_size: {group_size!r}; allowed an int >= 1 (values per scale and offset)")
 
 
-def _rounding_noise(shape, seed: int, count: int, device) -> Tensor:
+def rounding_noise(shape, seed: int, count: int, device) -> Tensor:
     """Noise in (0, 1) for a weight's ``count``-th rounding, from its own generator: 16 random bits
     per value, (k + 1/2) / 2^16 for k uniform in 0..2^16-1 (a quarter of the generator's draws of
     ``torch.rand``, which is the slow part of a CPU step). The CPU generator keeps 32 bits of its
@@ -91,6 +91,21 @@ def _rounding_noise(shape, seed: int, count: int, device) -> Tensor:
     numel = math.prod(shape)
     bits = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None, generator=generator)
     return bits.view(torch.int16)[:numel].float().add_(2**15 + 0.5).mul_(2**-16).reshape(shape)
+
+
+def round_stochastically(values: Tensor, dtype: torch.dtype, noise: Tensor) -> Tensor:
+    """``values`` (float32) in ``dtype`` (bfloat16 or float16), each rounded to one of the two
+    ``dtype`` numbers around it, the upper with probability equal to its distance from the lower
+    (over their gap), where ``noise`` (in (0, 1), of ``values``' shape) is below that: unbiased,
+    E[rounded] = value. A value ``dtype`` holds exactly is kept; a non-finite one is rounded to
+    nearest (it stays non-finite)."""
+    nearest = values.to(dtype)
+    above = nearest.float() > values
+    low = torch.where(above, torch.nextafter(nearest, nearest.new_full((), -math.inf)), nearest)
+    high = torch.nextafter(low, low.new_full((), math.inf))
+    low32 = low.float()
+    up = (values - low32) > noise * (high.float() - low32)
+    return torch.where(up & torch.isfinite(values), high, low).where(torch.isfinite(values), nearest)
 
 
 def encode(values: Tensor, group_size: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,7 +173,7 @@ class QuantizedWeight(Tensor):
     def requantize_(self, values: Tensor, count: int = 0) -> None:
         """Store ``values`` (the updated float weight): stochastically rounded with the noise of
         update ``count`` when ``stochastic_round``, else to nearest."""
-        noise = _rounding_noise(values.shape, self.seed, count, values.device) if self.stochastic_round else None
+        noise = rounding_noise(values.shape, self.seed, count, values.device) if self.stochastic_round else None
         codes, scale, low = encode(values, self.group_size, noise)
         self.codes.copy_(codes)
         self.scale.copy_(scale)

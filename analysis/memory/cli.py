@@ -1,7 +1,8 @@
 """``python -m analysis.memory``: the memory of a LLaMA training step, planned or measured.
 
-    python -m analysis.memory plan --model 7B,13B --optimizers adamw,galore,apollo,apollo-mini \\
-        --dtype bf16 --batch-size 1 --seq-len 256 [--layerwise] [--checkpointing] [--gpu-memory 80] --out DIR
+    python -m analysis.memory plan --model 7B,13B --optimizers adamw,adamw+8bit,galore,galore+8bit,apollo \\
+        --dtype bf16 --batch-size 1 --seq-len 256 [--layerwise] [--checkpointing] [--state-bits 8] \\
+        [--weights int8 | --weights bf16 [--kahan | --stochastic-round]] [--gpu-memory 80] --out DIR
     python -m analysis.memory measure --model 1B --optimizers adamw,apollo-mini,apollo-mini+layerwise \\
         [--dtype auto] --batch-size 1 --seq-len 256 [--weights int8] --out DIR
     python -m analysis.memory demo [--model 7B] [--optimizer apollo-mini] [--steps 3] --out DIR
@@ -11,8 +12,12 @@
 batch that fits). ``measure`` trains for real on this machine's CPU, one process per optimizer,
 and writes ``DIR/measure.csv``: the tracked bytes by category, the process's maximum resident
 memory, seconds per step and the losses, beside the plan of the same step. An optimizer written
-``name+layerwise`` updates inside backward; ``--layerwise`` does so for all; ``--weights int8``
-stores the attention and MLP weights as INT8 (:mod:`zoo.quantized`). GB = 10⁹ bytes.
+``name+layerwise`` updates inside backward (``--layerwise``: all of them), ``name+8bit`` or
+``name+4bit`` keeps its states in blockwise codes (:mod:`zoo.lowbit`; ``--state-bits``: all of
+them); the suffixes combine (``galore+8bit+layerwise``). ``--weights int8`` stores the attention
+and MLP weights as INT8 (:mod:`zoo.quantized`); ``--weights bf16`` keeps every weight, gradient
+and state in bfloat16 (no float32 master copy), with ``--kahan`` a compensation buffer per
+weight, with ``--stochastic-round`` none. GB = 10⁹ bytes.
 
 ``demo`` trains the papers' smallest-memory setting for real on this machine: LLaMA-7B built on
 the meta device and materialised and quantized one module at a time, INT8 weights, bf16 compute
@@ -61,7 +66,14 @@ def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
         sub.add_argument("--batch-size", type=integer(1), default=1)
         sub.add_argument("--seq-len", type=integer(1), default=256)
         sub.add_argument("--weights", choices=WEIGHTS, default="float",
-                         help="int8: attention and MLP weights stored as INT8 (groups of 128)")
+                         help="int8: attention and MLP weights stored as INT8 (groups of 128); bf16: every weight, "
+                              "gradient and state in bfloat16")
+        sub.add_argument("--state-bits", type=int, choices=(32, 8, 4), default=32,
+                         help="8 or 4: every optimizer's states in blockwise codes (zoo.lowbit)")
+        rounding = sub.add_mutually_exclusive_group()
+        rounding.add_argument("--kahan", action="store_true", help="with --weights bf16: a Kahan compensation buffer")
+        rounding.add_argument("--stochastic-round", action="store_true",
+                              help="with --weights bf16: stochastic rounding of each update")
         sub.add_argument("--layerwise", action="store_true", help="every optimizer updates inside backward")
         sub.add_argument("--checkpointing", action="store_true", help="recompute activations in backward")
         sub.add_argument("--rank", type=integer(1), default=None, help="low-rank optimizers' rank "
@@ -93,12 +105,16 @@ def _settings(args) -> list[Setting]:
     settings = []
     for model in args.model:
         for entry in (e.strip() for e in args.optimizers.split(",") if e.strip()):
-            name, _, suffix = entry.partition("+")
-            if suffix not in ("", "layerwise"):
-                raise ValueError(f"--optimizers entry {entry!r}: allowed a registry name, optionally +layerwise")
+            name, *suffixes = entry.split("+")
+            if not set(suffixes) <= {"layerwise", "8bit", "4bit"} or len(set(suffixes)) < len(suffixes) \
+                    or {"8bit", "4bit"} <= set(suffixes):
+                raise ValueError(f"--optimizers entry {entry!r}: allowed a registry name, optionally followed by "
+                                 "+layerwise and one of +8bit, +4bit")
+            bits = next((int(s[0]) for s in suffixes if s.endswith("bit")), args.state_bits)
+            rounding = "kahan" if args.kahan else "stochastic" if args.stochastic_round else "nearest"
             settings.append(Setting(model, name, dtype, args.batch_size, args.seq_len,
-                                    args.layerwise or suffix == "layerwise", args.checkpointing, args.rank, args.lr,
-                                    args.weights))
+                                    args.layerwise or "layerwise" in suffixes, args.checkpointing, args.rank, args.lr,
+                                    args.weights, bits, rounding))
     if not settings:
         raise ValueError("--optimizers names no optimizer")
     return settings

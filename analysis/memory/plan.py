@@ -43,12 +43,17 @@ __all__ = ["GB", "GIB", "DTYPES", "WEIGHTS", "Setting", "build", "llama_step", "
            "measured_row", "plot_plan", "PLAN_COLUMNS"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-WEIGHTS = ("float", "int8")
-"""How the attention and MLP weights are stored: in ``dtype``, or INT8 (:mod:`zoo.quantized`)."""
+WEIGHTS = ("float", "int8", "bf16")
+"""How the weights are stored: in ``dtype``, the attention and MLP weights as INT8
+(:mod:`zoo.quantized`), or every weight in bfloat16 whatever ``dtype`` says (its gradients and
+optimizer states then too: pure bf16 training, no float32 master copy)."""
+ROUNDINGS = ("nearest", "stochastic", "kahan")
+"""How bf16 weights take their updates: rounded to nearest, ``stochastic_round=True`` (no memory),
+``kahan=True`` (a compensation buffer of the weight's size)."""
 QUANT_GROUP = 128   # values per scale and offset, as the reference's 7B script
 VOCAB = 32000
 
-PLAN_COLUMNS = ("model", "optimizer", "layerwise", "checkpointing", "weights", "batch_size", "seq_len",
+PLAN_COLUMNS = ("model", "optimizer", "layerwise", "checkpointing", "weights", "state_bits", "batch_size", "seq_len",
                 "parameters_gb", "gradients_gb", "optimizer_gb", "activations_gb", "temporaries_gb", "peak_gb")
 """Columns of :func:`plan` (GB = 10⁹ bytes): the categories as they stand at the peak (they sum to
 it with the small buffers/other), and with a card's memory ``gpu_memory_gib`` and ``max_batch``."""
@@ -66,7 +71,9 @@ class Setting:
     checkpointing: bool = False
     rank: int | None = None
     lr: float | None = None            # None: the optimizer's default (memory does not depend on it)
-    weights: str = "float"             # or "int8": the attention and MLP weights quantized
+    weights: str = "float"             # or "int8": the attention and MLP weights quantized; "bf16": pure bf16
+    state_bits: int = 32               # 8 or 4: the optimizer states in blockwise codes (zoo.lowbit)
+    rounding: str = "nearest"          # bf16 weights: or "stochastic", "kahan" (ROUNDINGS)
 
     def __post_init__(self):
         if self.model not in CONFIGS:
@@ -81,12 +88,20 @@ class Setting:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"unknown weights {self.weights!r}; allowed: {', '.join(WEIGHTS)}")
+        if self.state_bits not in (32, 8, 4):
+            raise ValueError(f"state_bits must be 32, 8 or 4, got {self.state_bits}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"unknown rounding {self.rounding!r}; allowed: {', '.join(ROUNDINGS)}")
+        if self.rounding != "nearest" and self.weights != "bf16":
+            raise ValueError(f"rounding {self.rounding!r} is for bf16 weights (weights='bf16'), not {self.weights!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
     def optimizer_options(self) -> dict:
         record = zoo.info(self.optimizer)
         options = {} if self.lr is None else {"lr": self.lr}
+        options.update(state_bits=self.state_bits, stochastic_round=self.rounding == "stochastic",
+                       kahan=self.rounding == "kahan")
         if record.low_rank and "rank" not in record.fixed:
             options["rank"] = self.rank or LOW_RANK_RANKS.get(self.model, CONFIGS[self.model].dim // 4)
         return options
@@ -97,7 +112,7 @@ def build(setting: Setting):
     torch.manual_seed(0)
     config = replace(CONFIGS[setting.model], vocab_size=VOCAB,
                      max_seq_len=max(setting.seq_len, CONFIGS[setting.model].max_seq_len))
-    with default_dtype(DTYPES[setting.dtype]):
+    with default_dtype(DTYPES["bf16" if setting.weights == "bf16" else setting.dtype]):
         if setting.weights == "int8":
             with torch.device("meta"):
                 model = Llama(config, checkpointing=setting.checkpointing)
@@ -126,7 +141,8 @@ def row(setting: Setting, frame: pd.DataFrame) -> dict:
     """One :data:`PLAN_COLUMNS` row from ``setting`` and its :func:`measure_step` frame."""
     return {"model": setting.model, "optimizer": setting.optimizer, "layerwise": setting.layerwise,
             "checkpointing": setting.checkpointing,
-            "weights": setting.weights if setting.weights == "int8" else setting.dtype,
+            "weights": {"int8": "int8", "bf16": "bf16" + ("" if setting.rounding == "nearest" else "+" + setting.rounding)
+                        }.get(setting.weights, setting.dtype), "state_bits": setting.state_bits,
             "batch_size": setting.batch_size, "seq_len": setting.seq_len,
             **{column: frame.loc[category, "at_peak"] / GB for category, column in GB_COLUMNS.items()}}
 
@@ -223,7 +239,9 @@ def plot_plan(frame: pd.DataFrame, *, gpu_memory_gib: float | None = None, ax=No
 
     parts = {"parameters_gb": "parameters", "gradients_gb": "gradients", "optimizer_gb": "optimizer",
              "activations_gb": "activations", "temporaries_gb": "temporaries"}
-    labels = [f"{r.model} {r.optimizer}{' +layerwise' if r.layerwise else ''}{' int8' if r.weights == 'int8' else ''}"
+    labels = [f"{r.model} {r.optimizer}{' +layerwise' if r.layerwise else ''}"
+              f"{f' +{r.state_bits}bit' if getattr(r, 'state_bits', 32) != 32 else ''}"
+              f"{f' {r.weights}' if r.weights in ('int8', 'bf16+kahan', 'bf16+stochastic') else ''}"
               for r in frame.itertuples()]
     long = frame.assign(setting=labels).melt(id_vars="setting", value_vars=list(parts), var_name="category",
                                              value_name="GB")

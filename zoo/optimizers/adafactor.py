@@ -66,15 +66,21 @@ class Adafactor(ZooOptimizer):
     (first moment of the clipped update), ``caution`` and ``caution_norm``.
     """
 
+    low_bit_states = {"exp_avg": True, "variance": False}
+    full_precision_states = {"row_var and col_var": "are the factored second moment's row and column averages, "
+                                                    "not of the parameter's size"}
+
     torch_settings = {"foreach": None}
 
     def __init__(self, params, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
                  weight_decay: float = 0.0, beta1: float | None = None, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
                         beta1=beta1, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_range("beta2_decay", group["beta2_decay"], -1.0, 0.0)
@@ -88,7 +94,7 @@ class Adafactor(ZooOptimizer):
         if group["beta1"] is not None:
             check_range("beta1", group["beta1"], 0.0, 1.0, high_open=True)
 
-    def expected_state_bytes(self, param, group):
+    def _formula_bytes(self, param, group):
         shape = param.shape
         factored = shape[:-1].numel() + shape[:-2].numel() * shape[-1] if param.dim() > 1 else param.numel()
         moment = param.numel() if group["beta1"] is not None else 0
@@ -97,6 +103,16 @@ class Adafactor(ZooOptimizer):
     def _state_keys(self, param, group):
         factors = {"row_var", "col_var"} if param.dim() > 1 else {"variance"}
         return {"step"} | factors, {"exp_avg"}   # the first moment appears once beta1 is set
+
+    def _state_shapes(self, param, group):
+        return {**({"exp_avg": param.shape} if group["beta1"] is not None else {}),
+                **({"variance": param.shape} if param.dim() <= 1 else {})}
+
+    def _low_bit_noop_reason(self, group):
+        if group["beta1"] is None:
+            return ("has beta1=None: its state is the factored second moment (row and column averages, of the "
+                    "parameter's size only for vectors); pass beta1 (e.g. 0.9) for a first moment in fewer bits")
+        return None
 
     def _caution_noop_reason(self, group):
         if group["beta1"] is None or group["beta1"] == 0:

@@ -121,6 +121,7 @@ class _AdaptiveBase(ZooOptimizer):
 
     full_size_states = 2   # m, v
     state_keys = ("step", "exp_avg", "exp_avg_sq")
+    low_bit_states = {"exp_avg": True, "exp_avg_sq": False}
 
     def _validate(self, group):
         check_betas("betas", group["betas"])
@@ -139,9 +140,10 @@ class _Decoupling(_AdaptiveBase):
     defining_settings = ("caution", "decoupled_weight_decay")
     torch_settings = {"capturable": None, "differentiable": (False,)}
 
-    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean", compile=False):
+    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean", compile=False, *,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         super().__init__(params, dict(defaults, decoupled_weight_decay=self.decoupled), caution, caution_norm,
-                         compile)
+                         compile, state_bits=state_bits, stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         super()._validate(group)
@@ -159,10 +161,12 @@ class Adam(_Decoupling):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
                  foreach: bool | None = None, fused: bool = False, caution: bool = False,
-                 caution_norm="mean", compile=False):
+                 caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, fused=fused)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         super()._validate(group)
@@ -203,9 +207,11 @@ class AdamW(Adam):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
                  foreach: bool | None = None, fused: bool = False, caution: bool = False,
-                 caution_norm="mean", compile=False):
+                 caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         super().__init__(params, lr, betas, eps, weight_decay, maximize=maximize, foreach=foreach,
-                         fused=fused, caution=caution, caution_norm=caution_norm, compile=compile)
+                         fused=fused, caution=caution, caution_norm=caution_norm, compile=compile,
+                         state_bits=state_bits, stochastic_round=stochastic_round, kahan=kahan)
 
 
 class NAdamW(_Decoupling):
@@ -218,10 +224,12 @@ class NAdamW(_Decoupling):
 
     def __init__(self, params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, momentum_decay: float = 4e-3, *,
-                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False):
+                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         super()._validate(group)

@@ -73,12 +73,16 @@ class Adan(ZooOptimizer):
 
     full_size_states = 4   # m, n, s, -g_prev
     state_keys = ("step", "exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
+    low_bit_states = {"exp_avg": True, "exp_avg_sq": False, "exp_avg_diff": True}
+    full_precision_states = {"neg_pre_grad": "is the previous gradient, subtracted from the next one: its quantization error would enter that difference at full size, not averaged as a moment's is"}
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float, float] = (0.98, 0.92, 0.99),
                  eps: float = 1e-8, weight_decay: float = 0.0, no_prox: bool = False, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, no_prox=no_prox, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_betas("betas", group["betas"], 3)

@@ -88,13 +88,17 @@ class AdEMAMix(ZooOptimizer):
     """AdEMAMix: Adam's update with a slow, uncorrected EMA of the gradient added to its
     numerator; the arguments and results of the authors' reference ``AdEMAMix``."""
 
+    low_bit_states = {"exp_avg_fast": True, "exp_avg_slow": True, "exp_avg_sq": False}
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
                  alpha: float = 2.0, beta3_warmup: int | None = None, alpha_warmup: int | None = None,
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False, caution: bool = False,
-                 caution_norm="mean", compile=False):
+                 caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, alpha=alpha, beta3_warmup=beta3_warmup, alpha_warmup=alpha_warmup,
                         eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_betas("betas", group["betas"], 3)

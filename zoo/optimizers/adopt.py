@@ -52,10 +52,12 @@ class ADOPT(_AdaptiveBase):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.9999),
                  eps: float = 1e-6, weight_decay: float = 0.0, decoupled: bool = False,
                  clip_exp: float | None = 0.25, *, maximize: bool = False, caution: bool = False,
-                 caution_norm="mean", compile=False):
+                 caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
                         clip_exp=clip_exp, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         super()._validate(group)

@@ -37,8 +37,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from .. import lowbit
 from ..caution import check_norm
-from ..quantized import ROUNDING_KEY, QuantizedWeight, working_copy
+from ..quantized import ROUNDING_KEY, QuantizedWeight, round_stochastically, rounding_noise, working_copy
 from ..sharding import global_sum, is_dtensor
 
 COMPILE = (False, True, "auto")
@@ -145,13 +146,23 @@ class ZooOptimizer(Optimizer):
     """Whether sparse gradients are taken (as torch.optim.SGD does); where False a step with one
     raises ``RuntimeError``, as torch.optim's other optimizers."""
 
-    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean", compile=False):
+    low_bit_states: dict = {}
+    """State keys kept in ``state_bits`` bits when asked (:mod:`zoo.lowbit`), each with whether
+    its values change sign (a moment: the signed map) or not (a second moment: the unsigned map)."""
+    full_precision_states: dict = {}
+    """Full-size state keys kept in full precision whatever ``state_bits`` says, each with why."""
+
+    def __init__(self, params, defaults: dict, caution: bool = False, caution_norm="mean", compile=False, *,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         if not any(compile is value for value in COMPILE):
             raise ValueError(f"Invalid compile: {compile!r}; allowed False, True, 'auto'")
         self.compile = compile
         """Whether each tensor's step runs through torch.compile (not a group setting: a state
         dict saved by a compiled optimizer loads into an eager one and back)."""
-        super().__init__(params, dict(defaults, caution=caution, caution_norm=caution_norm))
+        self._group: dict | None = None   # the group being stepped
+        self._seeds: dict = {}   # parameter -> the seed of its stochastic rounding
+        super().__init__(params, dict(defaults, caution=caution, caution_norm=caution_norm, state_bits=state_bits,
+                                      stochastic_round=stochastic_round, kahan=kahan))
         self._aligned_counts: list = []
         self._working: dict = {}   # working tensor -> (the parameter it stands for, its state), during a step
 
@@ -163,6 +174,8 @@ class ZooOptimizer(Optimizer):
         self.__dict__.setdefault("_aligned_counts", [])
         self.__dict__.setdefault("_working", {})
         self.__dict__.setdefault("compile", False)
+        self.__dict__.setdefault("_group", None)
+        self.__dict__.setdefault("_seeds", {})
 
     # -- validation -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -197,6 +210,17 @@ class ZooOptimizer(Optimizer):
                              "tensors, and unlike torch.optim's Adam, AdamW, NAdam, RAdam, RMSprop and SGD (the zoo's "
                              "adam, adamw, nadamw, radam, rmsprop, sgdm, nesterov and their twins, which optimize a "
                              "complex parameter as its real view) it has no complex form to follow")
+        if group["state_bits"] != 32 and any(torch.is_complex(p) for p in group["params"]):
+            raise ValueError(f"Invalid state_bits: {group['state_bits']} with complex parameters: the blockwise codes "
+                             "are kept for real tensors; pass state_bits=32")
+        if group["stochastic_round"] and any(is_dtensor(p) for p in group["params"]):
+            raise ValueError("Invalid stochastic_round: True with parameters sharded by FSDP2 (DTensors): the rounding "
+                             "noise is drawn per whole tensor; use kahan=True there")
+        if group["state_bits"] != 32 and any(is_dtensor(p) for p in group["params"]):
+            raise ValueError(f"Invalid state_bits: {group['state_bits']} with parameters sharded by FSDP2 (DTensors): "
+                             "a block of 256 or 128 state values would straddle the shards, so the sharded step "
+                             "would not be the one-process step; use state_bits with DDP or ZeroRedundancyOptimizer "
+                             "(whole parameters per rank), or state_bits=32 under FSDP2")
 
     def _check_group(self, group: dict) -> None:
         """Raise ``ValueError`` naming the first setting of ``group`` out of its range."""
@@ -213,6 +237,7 @@ class ZooOptimizer(Optimizer):
                                  "compile=False for the multi-tensor kernels)")
         check_bool("caution", group["caution"])
         check_norm(group["caution_norm"])
+        self._check_precision(group)
         self._validate(group)
         if group["caution"]:
             reason = self._caution_noop_reason(group)
@@ -224,6 +249,35 @@ class ZooOptimizer(Optimizer):
 
     def _validate(self, group: dict) -> None:
         """Check the family's own hyper-parameters; raise ``ValueError`` naming the argument."""
+
+    def _check_precision(self, group: dict) -> None:
+        """``state_bits`` (:mod:`zoo.lowbit`), ``stochastic_round`` and ``kahan``: valid, and
+        meaningful for this optimizer and group."""
+        bits = group["state_bits"]
+        if isinstance(bits, bool) or bits not in lowbit.BITS:
+            raise ValueError(f"Invalid state_bits: {bits!r}; allowed 32 (states in the parameter's dtype), 8 or 4")
+        check_bool("stochastic_round", group["stochastic_round"])
+        check_bool("kahan", group["kahan"])
+        if group["stochastic_round"] and group["kahan"]:
+            raise ValueError("Invalid kahan: stochastic_round=True and kahan=True cannot both be set (each is a way "
+                             "to keep the updates a bfloat16 or float16 weight would round away; choose one)")
+        if bits != 32:
+            reason = self._low_bit_noop_reason(group)
+            if reason:
+                raise ValueError(f"Invalid state_bits: {bits}; {type(self).__name__} {reason}, so there is nothing "
+                                 "to keep in fewer bits")
+        asked = [f"state_bits={bits}"] * (bits != 32) + [k + "=True" for k in ("stochastic_round", "kahan") if group[k]]
+        if asked and (group.get("foreach") or group.get("fused")):
+            raise ValueError(f"Invalid {'fused' if group.get('fused') else 'foreach'}: {' and '.join(asked)} steps one "
+                             "tensor at a time and torch's multi-tensor and fused kernels take full-precision states "
+                             "and weights; pass foreach=None and fused=False")
+
+    def _low_bit_noop_reason(self, group: dict) -> str | None:
+        """Why this group keeps no state that ``state_bits`` could shrink, or None."""
+        if self.low_bit_states:
+            return None
+        kept = "; ".join(f"{key} {why}" for key, why in self.full_precision_states.items())
+        return "keeps no full-size state that can be quantized" + (f" ({kept})" if kept else "")
 
     # -- state dicts --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -267,6 +321,12 @@ class ZooOptimizer(Optimizer):
             for key, kind in self.scalar_state.items():
                 if isinstance(state.get(key), Tensor):
                     state[key] = kind(state[key].item())
+        for _, saved, state in self._loaded_states(state_dict):   # torch.optim cast the codes to the parameter's dtype
+            for key, value in saved.items():
+                if lowbit.is_codes(value) and key in self.low_bit_states:
+                    state[key] = value.to(device=state[key].device, copy=True)
+                    state[lowbit.absmax_key(key)] = saved[lowbit.absmax_key(key)].to(
+                        dtype=torch.float32, device=state[key].device, copy=True)
         self._loaded(state_dict)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
@@ -308,6 +368,12 @@ class ZooOptimizer(Optimizer):
                 if key in saved and allowed is not None and saved[key] not in allowed:
                     raise ValueError(f"the state's {where} has {key}={saved[key]!r}, which {who} does not "
                                      f"implement (allowed: {', '.join(map(repr, allowed))})")
+            bits = saved.get("state_bits", 32)
+            if bits != ours["state_bits"]:
+                raise ValueError(f"the state's {where} holds " + (f"{bits}-bit states" if bits != 32 else
+                                 "full-precision states") + f" but this {who} has state_bits={ours['state_bits']}: "
+                                 f"a state loads into an optimizer with its own state_bits (build the {who} with "
+                                 f"state_bits={bits}, or convert the state with zoo.lowbit.convert_state_dict)")
             for key in self.defining_settings:
                 if key in saved and key in ours and saved[key] != ours[key]:
                     raise ValueError(f"the state's {where} has {key}={saved[key]!r} but this {who} has "
@@ -325,6 +391,7 @@ class ZooOptimizer(Optimizer):
                 if keys is None:
                     continue
                 required, optional = keys
+                optional = optional | self._precision_keys(param, merged, required)
                 if isinstance(param, QuantizedWeight):
                     optional = optional | {ROUNDING_KEY}
                 missing, unknown = sorted(required - set(state)), sorted(set(state) - required - optional)
@@ -349,14 +416,50 @@ class ZooOptimizer(Optimizer):
             return {"step", *buffers}, set()
         return None if self.state_keys is None else (set(self.state_keys), set())
 
+    def _precision_keys(self, param: Tensor, group: dict, keys: set) -> set:
+        """The keys a state with keys ``keys`` may hold besides them under ``group``'s precision
+        settings: the absmax of each quantized state, the Kahan compensation, the rounding count."""
+        extra = {lowbit.absmax_key(key) for key in self._state_shapes(param, group)} if group["state_bits"] != 32 else set()
+        if group["kahan"]:
+            extra.add(KAHAN_KEY)
+        if group["stochastic_round"]:
+            extra.add(ROUNDING_KEY)
+        return extra
+
     full_size_states = 0
     """How many tensors of the parameter's size its state holds (classes with other states
-    override :meth:`expected_state_bytes`)."""
+    override :meth:`_formula_bytes`)."""
 
     def expected_state_bytes(self, param: Tensor, group: dict) -> int:
-        """Bytes of ``param``'s state after a step, by the optimizer's analytical formula."""
+        """Bytes of ``param``'s state after a step, by the optimizer's analytical formula: the
+        family's in full precision, with each state kept in ``state_bits`` bits at its codes' and
+        absmaxes' size (:func:`zoo.lowbit.state_bytes`), and a Kahan compensation the size of a
+        bfloat16 or float16 parameter."""
+        total = self._formula_bytes(param, group)
+        bits = group["state_bits"]
+        for shape in self._quantized_shapes(param, group).values():
+            numel = math.prod(shape)
+            total += lowbit.state_bytes(numel, bits) - numel * param.element_size()
+        if group["kahan"] and _low_precision(param):
+            total += param.numel() * param.element_size()
+        return total
+
+    def _formula_bytes(self, param: Tensor, group: dict) -> int:
+        """Bytes of ``param``'s state after a step in full precision."""
         buffers = self._buffers(param, group)
         return (self.full_size_states if buffers is None else len(buffers)) * param.numel() * param.element_size()
+
+    def _state_shapes(self, param: Tensor, group: dict) -> dict:
+        """{key: shape} of ``param``'s state tensors that ``state_bits`` may quantize (those of
+        :attr:`low_bit_states` its state holds after a step; of ``param``'s shape unless a family
+        says otherwise)."""
+        keys = self._state_keys(param, group)
+        return {} if keys is None else {k: param.shape for k in keys[0] if k in self.low_bit_states}
+
+    def _quantized_shapes(self, param: Tensor, group: dict) -> dict:
+        """{key: shape} of ``param``'s state tensors kept in ``state_bits`` bits."""
+        bits = group["state_bits"]
+        return {k: shape for k, shape in self._state_shapes(param, group).items() if lowbit.eligible(shape, bits)}
 
     def _caution_noop_reason(self, group: dict) -> str | None:
         """Why caution cannot change the update for this group, or None when it can."""
@@ -397,6 +500,10 @@ class ZooOptimizer(Optimizer):
             if p.grad.is_sparse and not self.supports_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (as torch.optim's "
                                    "optimizers other than SGD, SparseAdam and Adagrad)")
+        if group["state_bits"] != 32 and any(p.grad.is_sparse for p in params):
+            raise RuntimeError(f"state_bits={group['state_bits']} does not take sparse gradients: the blockwise "
+                               "codes are dense; pass state_bits=32")
+        self._group = group
         plain = [p for p in params if not isinstance(p, QuantizedWeight)]
         if plain:
             with real_views(self.state, plain) as (tensors, working):
@@ -428,14 +535,19 @@ class ZooOptimizer(Optimizer):
 
     def _states(self, params: list[Tensor], *buffers: str, init=None) -> list[dict]:
         """Each param's state, advanced by one step. On first use the state gets ``step = 0``,
-        zero tensors named ``buffers`` and whatever ``init(param, state)`` adds."""
+        zero tensors named ``buffers`` (their codes and absmax where kept in ``state_bits``
+        bits) and whatever ``init(param, state)`` adds."""
         states = []
+        bits = self._group["state_bits"] if self._group is not None else 32
         for p in params:
             state = self._state(p)
             if not state:
                 state["step"] = 0
                 for name in buffers:
-                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if name in self.low_bit_states and lowbit.eligible(p.shape, bits):
+                        state[name], state[lowbit.absmax_key(name)] = lowbit.zeros(p, bits)
+                    else:
+                        state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if init is not None:
                     init(p, state)
             state["step"] += 1
@@ -446,7 +558,7 @@ class ZooOptimizer(Optimizer):
     def _foreach(group: dict, params: list[Tensor]) -> bool:
         """Whether to use the multi-tensor path: as asked, or by default on CUDA (as torch.optim)."""
         if group["foreach"] is None:
-            return all(p.is_cuda for p in params)
+            return all(p.is_cuda for p in params) and not _rounded(group, params) and group["state_bits"] == 32
         return group["foreach"]
 
     def _grads(self, group: dict, params: list[Tensor]) -> list[Tensor]:
@@ -461,7 +573,77 @@ class ZooOptimizer(Optimizer):
         compiled ``fn`` (shared by all optimizers, see :func:`compiled`) gets the
         ``scalars`` (learning rate, bias corrections: what changes between steps) as 0-d float64
         tensors on the parameter's device, so it never recompiles for them; ``settings`` are
-        constants of the group."""
+        constants of the group.
+
+        The group's precision settings act here, for every family alike. States kept in
+        ``state_bits`` bits are dequantized, updated by ``fn`` and requantized in one step
+        (:func:`zoo.lowbit.quantized_step`, compiled as one); a state ``fn``'s family made in full
+        precision outside :meth:`_states` is quantized after its first step. A bfloat16 or float16
+        parameter with ``stochastic_round`` or ``kahan`` is updated as a float32 copy, which is
+        rounded back stochastically (:func:`zoo.quantized.round_stochastically`, seeded by the
+        parameter's position in the optimizer and its count of roundings, kept in its state as
+        INT8 weights do) or with a Kahan compensation kept in its state (``kahan_comp``, in the
+        parameter's dtype, as optimi's Kahan summation)."""
+        group = self._group
+        bits = group["state_bits"]
+        slots, extra, fresh = self._low_bit_slots(param, tensors, bits) if bits != 32 else ((), (), ())
+        rounded = (group["stochastic_round"] or group["kahan"]) and _low_precision(param)
+        target = param.float() if rounded else param
+        if slots:
+            fn, tensors = lowbit.quantized_step(fn, slots, bits), (*tensors, *extra)
+        count = self._call(fn, target, tensors, scalars, settings)
+        if count is not None:
+            self._aligned_counts.append((count, param.numel()))
+        if fresh:
+            state = self._state(param)
+            for key in fresh:
+                state[key], state[lowbit.absmax_key(key)] = lowbit.quantize(state[key], bits, self.low_bit_states[key])
+        if rounded:
+            self._round(param, target, group)
+
+    def _low_bit_slots(self, param: Tensor, tensors: tuple, bits: int) -> tuple[tuple, tuple, tuple]:
+        """(slots of :func:`zoo.lowbit.quantized_step`, its absmax and code map per slot, keys of
+        states made in full precision to be quantized after this step) of ``tensors``."""
+        state = self._state(param)
+        keys = {id(value): key for key, value in state.items() if isinstance(value, Tensor)}
+        slots, extra, fresh = [], [], []
+        for i, tensor in enumerate(tensors):
+            key = keys.get(id(tensor)) if isinstance(tensor, Tensor) else None
+            if key not in self.low_bit_states:
+                continue
+            signed = self.low_bit_states[key]
+            if lowbit.is_codes(tensor):
+                slots.append((i, signed))
+                extra += [state[lowbit.absmax_key(key)], *lowbit.tables(bits, signed, tensor.device)]
+            elif tensor.is_floating_point() and lowbit.eligible(tensor.shape, bits):
+                fresh.append(key)
+        return tuple(slots), tuple(extra), tuple(fresh)
+
+    def _round(self, param: Tensor, target: Tensor, group: dict) -> None:
+        """``param`` (bfloat16 or float16) takes the float32 ``target`` back, stochastically or with
+        the Kahan compensation (see :meth:`_run`)."""
+        state = self._state(param)
+        if group["kahan"]:
+            if KAHAN_KEY not in state:
+                state[KAHAN_KEY] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            compensation = state[KAHAN_KEY]
+            target.add_(compensation)
+            param.copy_(target)
+            compensation.copy_(target.sub_(param))
+            return
+        count = state.get(ROUNDING_KEY, 0) + 1
+        noise = rounding_noise(param.shape, self._seed(self._parameter(param)), count, param.device)
+        param.copy_(round_stochastically(target, param.dtype, noise))
+        state[ROUNDING_KEY] = count
+
+    def _seed(self, param: Tensor) -> int:
+        """The seed of ``param``'s stochastic rounding: its 1-based position in the optimizer."""
+        if param not in self._seeds:
+            self._seeds = {p: i + 1 for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        return self._seeds[param]
+
+    def _call(self, fn, param: Tensor, tensors: tuple, scalars: dict, settings: dict):
+        """``fn``'s step on ``param``, compiled or eager (see :meth:`_run`); returns its count."""
         if self.compile:
             try:
                 count = _compiled_run(fn, param, tensors, scalars, settings)
@@ -476,8 +658,7 @@ class ZooOptimizer(Optimizer):
                 count = fn(param, *tensors, **scalars, **settings)
         else:
             count = fn(param, *tensors, **scalars, **settings)
-        if count is not None:
-            self._aligned_counts.append((count, param.numel()))
+        return count
 
     @staticmethod
     def _caution_settings(group: dict) -> dict:
@@ -526,6 +707,19 @@ def real_views(state: dict, params: list[Tensor]):
             view.grad = None
             state[p] = {k: torch.view_as_complex(v) if isinstance(v, Tensor) and v.shape == view.shape else v
                         for k, v in real_state.items()}
+
+
+KAHAN_KEY = "kahan_comp"
+"""Key of a bfloat16 or float16 parameter's Kahan compensation in its optimizer state (``kahan=True``)."""
+
+
+def _low_precision(param: Tensor) -> bool:
+    return param.dtype in (torch.bfloat16, torch.float16)
+
+
+def _rounded(group: dict, params: list[Tensor]) -> bool:
+    """Whether ``group`` rounds some of ``params`` stochastically or with a Kahan compensation."""
+    return (group["stochastic_round"] or group["kahan"]) and any(_low_precision(p) for p in params)
 
 
 class _CompileFailure(Exception):

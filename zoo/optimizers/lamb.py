@@ -65,11 +65,13 @@ class Lamb(_AdaptiveBase):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.01, bias_correction: bool = True, grad_averaging: bool = True,
                  max_grad_norm: float | None = None, trust_clip: bool = False, always_adapt: bool = False, *,
-                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False):
+                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
                         grad_averaging=grad_averaging, max_grad_norm=max_grad_norm, trust_clip=trust_clip,
                         always_adapt=always_adapt, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         super()._validate(group)

@@ -43,9 +43,11 @@ class LaProp(_AdaptiveBase):
 
     def __init__(self, params, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-15, weight_decay: float = 0.0, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _update_group(self, group, params):
         states = self._states(params, "exp_avg", "exp_avg_sq",

@@ -65,13 +65,16 @@ class Lion(ZooOptimizer):
 
     full_size_states = 1   # m
     state_keys = ("step", "exp_avg")
+    low_bit_states = {"exp_avg": True}
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_betas("betas", group["betas"])
@@ -90,13 +93,16 @@ class Signum(ZooOptimizer):
 
     full_size_states = 1   # m
     state_keys = ("step", "exp_avg")
+    low_bit_states = {"exp_avg": True}
 
     def __init__(self, params, lr: float = 1e-4, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  maximize: bool = False, foreach: bool | None = None, caution: bool = False,
-                 caution_norm="mean", compile=False):
+                 caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)

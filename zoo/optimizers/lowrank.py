@@ -143,6 +143,9 @@ class _LowRankAdamW(ZooOptimizer):
 
     method = ""
     defining_settings = ("caution", "proj")
+    low_bit_states = {"exp_avg": True, "exp_avg_sq": False}
+    full_precision_states = {"projection": "is the projection (GaLore's and Fira's singular vectors): quantizing "
+                                           "it would break its orthonormality"}
 
     def _state_keys(self, param, group):
         keys = {"step", "exp_avg", "exp_avg_sq"}
@@ -174,11 +177,21 @@ class _LowRankAdamW(ZooOptimizer):
         if not isinstance(group["seed"], int) or group["seed"] < 0:
             raise ValueError(f"Invalid seed: {group['seed']!r}; allowed an int >= 0")
 
-    def _init_state(self, p: Tensor, state: dict, group: dict) -> None:
+    @staticmethod
+    def _moment_shape(p: Tensor, group: dict) -> tuple:
+        """The shape of ``p``'s moments: projected for a matrix with a rank, else ``p``'s."""
         shape = p.shape
         if group["rank"] is not None and p.dim() == 2:
             r = effective_rank(shape, group["rank"])
             shape = (shape[0], r) if rows_kept(shape) else (r, shape[1])
+        return tuple(shape)
+
+    def _state_shapes(self, param, group):
+        return dict.fromkeys(("exp_avg", "exp_avg_sq"), self._moment_shape(param, group))
+
+    def _init_state(self, p: Tensor, state: dict, group: dict) -> None:
+        shape = self._moment_shape(p, group)
+        if group["rank"] is not None and p.dim() == 2:
             if group["proj"] == "random":
                 state["seed"] = torch.tensor(group["seed"] + self._index(p), dtype=torch.int64)
             if group["norm_growth_limit"] is not None and self.method != "galore":
@@ -232,7 +245,7 @@ class _LowRankAdamW(ZooOptimizer):
                 norm = saved["update_norm"].clone().to(param.device)
                 state["update_norm"] = norm if is_dtensor(norm) else replicated(norm, param)
 
-    def expected_state_bytes(self, param: Tensor, group: dict) -> int:
+    def _formula_bytes(self, param: Tensor, group: dict) -> int:
         """Bytes of this parameter's state after a step (PAPERS.md §B.2, Table 1)."""
         size = param.element_size()
         if group["rank"] is None or param.dim() != 2:
@@ -267,12 +280,14 @@ class Apollo(_LowRankAdamW):
                  update_proj_gap: int = 200, scale: float = 1.0, scale_type: str = "channel",
                  proj: str = "random", norm_growth_limit: float | None = 1.01,
                  store_projection: bool = False, seed: int = 0, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, scale_type=scale_type, proj=proj,
                         norm_growth_limit=norm_growth_limit, store_projection=store_projection,
                         seed=seed, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _caution_noop_reason(self, group):
         return self.caution_refusal
@@ -287,11 +302,13 @@ class GaLore(_LowRankAdamW):
     def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 128,
                  update_proj_gap: int = 200, scale: float = 0.25, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, scale_type="channel", proj="svd",
                         norm_growth_limit=None, store_projection=True, seed=0, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
 
 class Fira(_LowRankAdamW):
@@ -304,9 +321,11 @@ class Fira(_LowRankAdamW):
                  eps: float = 1e-6, weight_decay: float = 0.0, rank: int | None = 128,
                  update_proj_gap: int = 200, scale: float = 1.0,
                  norm_growth_limit: float | None = 1.01, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, scale_type="channel", proj="svd",
                         norm_growth_limit=norm_growth_limit, store_projection=True, seed=0,
                         maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)

@@ -87,15 +87,20 @@ class Mars(ZooOptimizer):
     dimensions, AdamW for the others; the arguments of timm's ``Mars``, plus ``maximize``,
     ``caution_norm`` and ``compile``."""
 
+    low_bit_states = {"exp_avg": True, "exp_avg_sq": False}
+    full_precision_states = {"last_grad": "is the previous gradient, subtracted from the next one: its quantization error would enter that difference at full size, not averaged as a moment's is"}
+
     defining_settings = ("caution", "mars_type", "optimize_1d")
 
     def __init__(self, params, lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
                  weight_decay: float = 0.0, gamma: float = 0.025, mars_type: str = "adamw", optimize_1d: bool = False,
                  lr_1d_factor: float = 1.0, betas_1d: tuple[float, float] | None = None, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, gamma=gamma, mars_type=mars_type,
                         optimize_1d=optimize_1d, lr_1d_factor=lr_1d_factor, betas_1d=betas_1d, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_betas("betas", group["betas"])

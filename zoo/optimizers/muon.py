@@ -87,19 +87,23 @@ class Muon(ZooOptimizer):
     it accepts any parameter (non-matrices, or groups with ``use_muon=False``, get AdamW).
     """
 
+    low_bit_states = {"momentum_buffer": True, "exp_avg": True, "exp_avg_sq": False}
+
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
                  eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None, *,
                  ns_dtype: torch.dtype = torch.bfloat16, use_muon: bool | None = None,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8,
                  adamw_lr_ratio: float = 1.0, maximize: bool = False, caution: bool = False,
-                 caution_norm="mean", compile=False):
+                 caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
                         adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, use_muon=use_muon,
                         adamw_betas=adamw_betas, adamw_eps=adamw_eps, adamw_lr_ratio=adamw_lr_ratio,
                         maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
@@ -129,7 +133,7 @@ class Muon(ZooOptimizer):
     def _orthogonalised(param: Tensor, group: dict) -> bool:
         return group["use_muon"] is not False and param.dim() >= 2
 
-    def expected_state_bytes(self, param, group):
+    def _formula_bytes(self, param, group):
         tensors = 1 if self._orthogonalised(param, group) else 2
         return tensors * param.numel() * param.element_size()
 

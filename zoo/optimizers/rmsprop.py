@@ -46,15 +46,19 @@ class RMSprop(ZooOptimizer):
     are optimized as their real view, as torch.optim's (the cautious mask then works on the real
     view)."""
 
+    low_bit_states = {"square_avg": False, "grad_avg": True, "momentum_buffer": True}
+
     supports_complex = True
     torch_settings = {"foreach": None, "capturable": (False,), "differentiable": (False,)}
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False, *, maximize: bool = False, caution: bool = False,
-                 caution_norm="mean", compile=False):
+                 caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_range("alpha", group["alpha"], 0.0, 1.0)

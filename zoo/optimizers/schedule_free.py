@@ -74,7 +74,7 @@ def schedule_free_adamw_step(param: Tensor, grad: Tensor, z: Tensor, exp_avg_sq:
     if not caution:   # the reference's kernels
         if weight_decay != 0:
             normalized.add_(param, alpha=weight_decay)
-        param.lerp_(z, ckp1)
+        param.lerp_(z.to(param.dtype), ckp1)   # z is in the parameter's dtype: a bf16 one with a float32 working param
         add_(param, normalized, lr * (beta1 * (1 - ckp1) - 1))
         add_(z, normalized, -lr)
         return None
@@ -91,16 +91,22 @@ class AdamWScheduleFree(ZooOptimizer):
     """Schedule-Free AdamW: no learning-rate schedule, the model evaluated at the average x;
     call ``eval()`` before evaluating or saving and ``train()`` before training."""
 
-    full_size_states = 2   # z, v
     state_keys = ("step", "z", "exp_avg_sq", "weight_sum", "lr_max")
+    low_bit_states = {"exp_avg_sq": False}
+    full_precision_states = {"z": "is the iterate itself (the weights' copy that the gradient steps move), whose "
+                                  "change in a step is far below an 8-bit code's gap: rounding to the nearest code "
+                                  "would drop it (a float32 master copy for bfloat16 or float16 weights with "
+                                  "stochastic_round or kahan)"}
     scalar_state = {"step": int, "weight_sum": float, "lr_max": float}
 
     def __init__(self, params, lr: float = 0.0025, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, *,
-                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False):
+                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
                         weight_lr_power=weight_lr_power, maximize=maximize, train_mode=True)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def add_param_group(self, param_group: dict) -> None:
         """torch.optim's; a group added later is in the mode of the others."""
@@ -146,7 +152,7 @@ class AdamWScheduleFree(ZooOptimizer):
                     with working_copy(self.state, param) as copy:
                         copy.lerp_(z, weight)
                 else:
-                    param.lerp_(z, weight)
+                    param.lerp_(z.to(param.dtype), weight)
             group["train_mode"] = train
 
     def _check_train_mode(self, group: dict) -> None:
@@ -167,12 +173,27 @@ class AdamWScheduleFree(ZooOptimizer):
 
     # -- the step -----------------------------------------------------------------------------
     @staticmethod
-    def _init(param: Tensor, state: dict) -> None:
-        state["z"] = param.clone(memory_format=torch.preserve_format)
+    def _master_z(param: Tensor, group: dict) -> bool:
+        """Whether z is kept in float32: for a bfloat16 or float16 weight rounded stochastically or
+        with a Kahan compensation, z (the iterate the steps move) is the weights' master copy."""
+        return (group["stochastic_round"] or group["kahan"]) and param.dtype in (torch.bfloat16, torch.float16)
+
+    def _init(self, param: Tensor, state: dict, group: dict) -> None:
+        z = param.clone(memory_format=torch.preserve_format)
+        state["z"] = z.float() if self._master_z(param, group) else z
         state["weight_sum"], state["lr_max"] = 0.0, 0.0
 
+    def _formula_bytes(self, param, group):
+        z = 4 if self._master_z(param, group) else param.element_size()
+        return param.numel() * (z + param.element_size())
+
+    def _loaded(self, state_dict):   # torch.optim cast a float32 z to its bfloat16 parameter's dtype
+        for _, saved, state in self._loaded_states(state_dict):
+            if "z" in saved and saved["z"].dtype != state["z"].dtype:
+                state["z"] = saved["z"].to(device=state["z"].device, copy=True)
+
     def _update_group(self, group, params):
-        states = self._states(params, "exp_avg_sq", init=self._init)
+        states = self._states(params, "exp_avg_sq", init=lambda p, state: self._init(p, state, group))
         beta1, beta2 = group["betas"]
         warmup, peak = group["warmup_steps"], as_float(group["lr"])
         for param, grad, state in zip(params, self._grads(group, params), states):

@@ -52,6 +52,8 @@ class SGD(ZooOptimizer):
     ``weight_decay`` is an L2 penalty added to the gradient, as in torch.optim.SGD.
     """
 
+    low_bit_states = {"momentum_buffer": True}
+
     defining_settings = ("caution", "nesterov")
     torch_settings = {"foreach": None, "differentiable": (False,), "fused": None}
     supports_complex = True
@@ -59,10 +61,12 @@ class SGD(ZooOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
-                 caution: bool = False, caution_norm="mean", compile=False):
+                 caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_range("momentum", group["momentum"], 0.0, 1.0, high_open=True)
@@ -71,7 +75,7 @@ class SGD(ZooOptimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening = 0")
 
-    def expected_state_bytes(self, param, group):
+    def _formula_bytes(self, param, group):
         if group["momentum"] == 0:
             return 0
         buffer = self.state.get(param, {}).get("momentum_buffer")
@@ -82,6 +86,9 @@ class SGD(ZooOptimizer):
 
     def _state_keys(self, param, group):
         return ({"momentum_buffer"} if group["momentum"] != 0 else set()), set()
+
+    def _low_bit_noop_reason(self, group):
+        return "has momentum=0 and keeps no state" if group["momentum"] == 0 else None
 
     def _caution_noop_reason(self, group):
         if group["momentum"] == 0:

@@ -69,6 +69,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from .. import lowbit
 from ..sharding import as_shard, is_dtensor
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
 from .blocks import apply_, bias_correction, carry_nonfinite, decay_, ema_, ema_sq_
@@ -125,16 +126,22 @@ class SOAP(ZooOptimizer):
     """SOAP: Adam in the eigenbasis of Shampoo's preconditioner, refreshed every ``precondition_frequency``
     steps; the arguments and defaults of the official ``SOAP`` (``merge_dims=False`` only)."""
 
+    low_bit_states = {"exp_avg": True, "exp_avg_sq": False}
+    full_precision_states = {"Q_i": "are the preconditioner's eigenbases (quantizing them would break their "
+                                    "orthogonality), with their statistics GG_i, which are not of the parameter's size"}
+
     def __init__(self, params, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
                  shampoo_beta: float = -1, eps: float = 1e-8, weight_decay: float = 0.01,
                  precondition_frequency: int = 10, max_precond_dim: int = 10000, merge_dims: bool = False,
                  precondition_1d: bool = False, normalize_grads: bool = False, correct_bias: bool = True, *,
-                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False):
+                 maximize: bool = False, caution: bool = False, caution_norm="mean", compile=False,
+                 state_bits: int = 32, stochastic_round: bool = False, kahan: bool = False):
         defaults = dict(lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
                         precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim,
                         merge_dims=merge_dims, precondition_1d=precondition_1d, normalize_grads=normalize_grads,
                         correct_bias=correct_bias, maximize=maximize)
-        super().__init__(params, defaults, caution, caution_norm, compile)
+        super().__init__(params, defaults, caution, caution_norm, compile, state_bits=state_bits,
+                         stochastic_round=stochastic_round, kahan=kahan)
 
     def _validate(self, group):
         check_betas("betas", group["betas"])
@@ -164,7 +171,7 @@ class SOAP(ZooOptimizer):
         dims = self._preconditioned(param, group)
         return {"step", "exp_avg", "exp_avg_sq", *(f"GG_{i}" for i in dims), *(f"Q_{i}" for i in dims)}, set()
 
-    def expected_state_bytes(self, param, group):
+    def _formula_bytes(self, param, group):
         squares = sum(param.shape[i] ** 2 for i in self._preconditioned(param, group))
         return 2 * param.numel() * param.element_size() + 2 * squares * _precision(param).itemsize
 
@@ -211,7 +218,7 @@ class SOAP(ZooOptimizer):
                       normalize_grads=group["normalize_grads"], **self._caution_settings(group))
             _accumulate(state, full, dims, shampoo_beta)
             if dims and step % group["precondition_frequency"] == 0:
-                _refresh(state, param, dims)
+                _refresh(state, param, dims, group["state_bits"])
 
 
 def _precision(param: Tensor) -> torch.dtype:
@@ -233,10 +240,15 @@ def _accumulate(state: dict, grad: Tensor, dims: list[int], beta: float) -> None
         statistic.lerp_(torch.tensordot(g, g, dims=(others, others)), 1 - beta)
 
 
-def _refresh(state: dict, param: Tensor, dims: list[int]) -> None:
+def _refresh(state: dict, param: Tensor, dims: list[int], bits: int) -> None:
     """New bases by one power iteration and a QR each, with v reordered by the estimated eigenvalues and m
     re-expressed in the new bases, as the reference; m and v of a sharded tensor are gathered whole."""
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    with lowbit.unpacked(state, SOAP.low_bit_states, bits, param.dtype) as moments:
+        _change_bases(state, param, dims, moments["exp_avg"], moments["exp_avg_sq"])
+
+
+def _change_bases(state: dict, param: Tensor, dims: list[int], exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
+    """The change of bases of :func:`_refresh` on the (dequantized) moments."""
     sharded = is_dtensor(exp_avg)
     momentum = rotate(exp_avg.full_tensor() if sharded else exp_avg, _bases(state, param, dims), back=True)
     second = exp_avg_sq.full_tensor() if sharded else exp_avg_sq
