@@ -36,3 +36,16 @@ def test_step_benchmark_compiled_rows_tiny(capsys):
     out = capsys.readouterr().out
     assert "adamw+compile <= 1.20x torch-adamw-fused" in out and "c-adamw+compile <= 1.15x adamw+compile" in out
     assert "c-adamw+compile first step (compiling) <= 20 s" in out
+
+
+def test_step_benchmark_low_bit_rows_and_peers_tiny(capsys):
+    """--state-bits 8,4: rows <name>+8bit and +4bit (64x64: 4,096 values, so the states are codes),
+    and beside adamw the peers' low-bit AdamW where they run here, or a line saying why not."""
+    table = bench.main(["step", "--shape", "64x64", "--count", "2", "--rounds", "1", "--steps", "1",
+                        "--only", "adamw", "--copy-mb", "4", "--refresh-steps", "0", "--state-bits", "8,4"])
+    assert {"adamw+8bit", "adamw+4bit"} <= set(table.index)
+    full, eight, four = table.loc[["adamw", "adamw+8bit", "adamw+4bit"], "state MB"]
+    assert four < eight < full / 3
+    out = capsys.readouterr().out
+    for peer in bench.PEERS:   # measured, or named with the reason
+        assert peer in table.index or f"{peer} not measured:" in out

@@ -106,3 +106,30 @@ def test_row_reads_the_frame_at_the_peak():
     frame = llama_step(setting)
     out = row(setting, frame)
     assert out["peak_gb"] == frame.loc["total", "at_peak"] / 1e9 and out["weights"] == "fp32"
+
+
+def test_plans_with_low_bit_states_and_bf16_weights():
+    """--state-bits and --weights bf16 --kahan in the planner: 8-bit states take about a quarter of
+    float32's bytes, 4-bit about an eighth; the Kahan buffer is a weight's size more."""
+    rows = plan([Setting("60M", "adamw", "fp32", 1, 64, state_bits=bits) for bits in (32, 8, 4)]
+                + [Setting("60M", "adamw", "fp32", 1, 64, weights="bf16", rounding=r) for r in ("nearest", "kahan")])
+    assert list(rows["state_bits"]) == [32, 8, 4, 32, 32]
+    assert list(rows["weights"]) == ["fp32", "fp32", "fp32", "bf16", "bf16+kahan"]
+    parameters = rows.loc[0, "parameters_gb"]
+    assert rows.loc[3, "parameters_gb"] == pytest.approx(parameters / 2)
+    # the compensation (a bf16 copy of the weights), and at the peak the float32 working copy that the
+    # largest weight (the 32000 x 512 embedding) is updated in before it is rounded back
+    working = 32000 * llama.CONFIGS["60M"].dim * 4 / 1e9
+    assert rows.loc[4, "optimizer_gb"] - rows.loc[3, "optimizer_gb"] == pytest.approx(parameters / 2 + working, rel=0.01)
+    with pytest.raises(ValueError, match="rounding 'kahan' is for bf16 weights"):
+        Setting("60M", "adamw", rounding="kahan")
+
+
+def test_plan_command_line_suffixes_and_usage_errors(tmp_path, capsys):
+    from analysis.memory.cli import main
+    frame = main(["plan", "--model", "60M", "--optimizers", "adamw,adamw+8bit,galore+4bit+layerwise", "--seq-len", "32",
+                  "--out", str(tmp_path)])
+    assert list(frame["state_bits"]) == [32, 8, 4] and list(frame["layerwise"]) == [False, False, True]
+    with pytest.raises(SystemExit):
+        main(["plan", "--model", "60M", "--optimizers", "adamw+8bit+4bit", "--out", str(tmp_path)])
+    assert "one of +8bit, +4bit" in capsys.readouterr().err

@@ -118,9 +118,12 @@ def test_runs_are_deterministic_for_a_seed(tmp_path):
     assert not a["train_loss"].dropna().equals(c["train_loss"].dropna())
 
 
-@pytest.mark.parametrize("name, weights", [("c-adamw", "float"), ("apollo", "float"), ("apollo-mini", "int8")])
-def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, name, weights):
-    cfg = small(tmp_path / "full", optimizers=(name,), steps=8, eval_interval=2, update_proj_gap=3, weights=weights)
+@pytest.mark.parametrize("name, settings", [
+    ("c-adamw", {}), ("apollo", {}), ("apollo-mini", {"weights": "int8"}), ("adamw", {"state_bits": 8}),
+    ("c-adamw", {"weights": "bf16", "kahan": True, "dtype": "bf16"}),
+    ("lion", {"weights": "bf16", "stochastic_round": True, "state_bits": 4, "dtype": "bf16"})])
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, name, settings):
+    cfg = small(tmp_path / "full", optimizers=(name,), steps=8, eval_interval=2, update_proj_gap=3, **settings)
     full, _ = compare(cfg)
 
     saves = []
@@ -168,6 +171,31 @@ def test_int8_weights_train_close_to_float_weights(tmp_path):
         reference = floats[floats["optimizer"] == name]["val_loss"].dropna().to_numpy()
         assert curve[0] == pytest.approx(reference[0], abs=2e-3)   # the same initial weights, rounded to INT8
         assert curve[-1] < curve[0] - 1.0 and abs(curve[-1] - reference[-1]) < 0.1, (name, curve, reference)
+
+
+def test_low_bit_states_and_bf16_weights_in_the_run_and_its_checkpoint(tmp_path):
+    """--state-bits 8: the embedding's moments are codes in the checkpoint; --weights bf16 --kahan:
+    bfloat16 weights with their compensation; the summary says both."""
+    compare(small(tmp_path / "a", state_bits=8))
+    state = checkpoint(tmp_path / "a")["optimizer"]["state"]
+    assert any(v.dtype == torch.uint8 for s in state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    assert "8-bit optimizer states" in (tmp_path / "a" / "summary.md").read_text()
+    frame, _ = compare(small(tmp_path / "b", weights="bf16", kahan=True, dtype="bf16"))
+    saved = checkpoint(tmp_path / "b")
+    assert all(v.dtype == torch.bfloat16 for v in saved["model"].values() if v.is_floating_point())
+    assert all("kahan_comp" in s for s in saved["optimizer"]["state"].values())
+    assert frame["train_loss"].iloc[1:].map(math.isfinite).all()   # row 0: the evaluation before training
+    assert "bfloat16 weights, Kahan summation" in (tmp_path / "b" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(kahan=True), "pass --weights bf16"), (dict(state_bits=16), "must be 32, 8 or 4"),
+    (dict(weights="bf16", dtype="fp32"), "--dtype fp32 contradicts it"),
+    (dict(weights="bf16", kahan=True, stochastic_round=True, dtype="bf16"), "choose one"),
+    (dict(state_bits=8, fsdp=True), "straddle the shards")])
+def test_low_precision_settings_that_are_refused(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        small(tmp_path, **overrides)
 
 
 def test_int8_weights_are_refused_with_several_processes(tmp_path, monkeypatch):

@@ -190,18 +190,19 @@ def state_bytes(numel: int, bits: int) -> int:
 
 
 @functools.cache
-def quantized_step(fn, slots: tuple[tuple[int, bool], ...], bits: int):
+def quantized_step(fn, slots: tuple[tuple[int, bool], ...], bits: int, dtype: torch.dtype):
     """``fn`` (a family's per-tensor step) over states of which those at the positions ``slots``
     (index among the tensors after the parameter, signed) are quantized. The returned step takes
     the codes at those positions and, after all tensors, per slot its absmax and :func:`tables`; it
-    dequantizes them in the parameter's dtype, runs ``fn`` and writes the requantized codes and
-    absmax back in place. Made once per (fn, slots, bits), so that its compiled form is shared."""
+    dequantizes them in ``dtype`` (the parameter's, as its full-precision states), runs ``fn`` and
+    writes the requantized codes and absmax back in place. Made once per (fn, slots, bits, dtype),
+    so that its compiled form is shared."""
     def step(param, *args, **kwargs):
         count = len(args) - 4 * len(slots)
         tensors, extra = list(args[:count]), args[count:]
         codes = [tensors[i] for i, _ in slots]
         for j, (i, _) in enumerate(slots):
-            tensors[i] = _dequantize(codes[j], extra[4 * j], bits, extra[4 * j + 1], param.dtype)
+            tensors[i] = _dequantize(codes[j], extra[4 * j], bits, extra[4 * j + 1], dtype)
         result = fn(param, *tensors, **kwargs)
         for j, (i, signed) in enumerate(slots):
             new_codes, new_absmax = _quantize(tensors[i], bits, extra[4 * j + 2], extra[4 * j + 3], signed)
