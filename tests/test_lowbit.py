@@ -295,3 +295,18 @@ def test_compiled_steps_with_8_bit_states_agree_with_eager_ones(name):
         if lowbit.is_codes(value):
             other = compiled.state[compiled_params[0]][key]
             assert (value != other).float().mean() < 1e-3, key
+
+
+def test_eager_steps_quantize_a_large_tensor_in_chunks_with_the_same_codes(monkeypatch):
+    """Eager quantization goes CHUNK values at a time (bounded temporaries): the same codes and
+    absmax as the whole tensor at once, partial last chunk and block included."""
+    gen = torch.Generator().manual_seed(2)
+    values = torch.randn(37, 1000, generator=gen)
+    for bits, signed in [(8, True), (8, False), (4, True), (4, False)]:
+        x = values if signed else values**2
+        whole = lowbit.quantize(x, bits, signed)
+        monkeypatch.setattr(lowbit, "CHUNK", 2**12)
+        chunked = lowbit.quantize(x, bits, signed)
+        assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
+        assert torch.equal(lowbit.dequantize(*whole, bits, signed), lowbit.dequantize(*chunked, bits, signed))
+        monkeypatch.undo()

@@ -153,8 +153,27 @@ def quantize(values: Tensor, bits: int, signed: bool) -> tuple[Tensor, Tensor]:
     return _quantize(values, bits, first, midpoints, signed)
 
 
+CHUNK = 2**22
+"""Values quantized or dequantized at a time by the eager steps (a multiple of every block), so
+that their temporaries (float32 values, int32 indices: about 20 bytes per value) stay near 80 MB
+whatever the tensor's size; compiled steps fuse them away and take the tensor whole."""
+
+
+def _chunks(numel: int) -> list[slice]:
+    if torch.compiler.is_compiling() or numel <= CHUNK:
+        return [slice(0, numel)]
+    return [slice(i, min(i + CHUNK, numel)) for i in range(0, numel, CHUNK)]
+
+
 def _quantize(values: Tensor, bits: int, first: Tensor, midpoints: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
-    x = _blocks(values.detach().reshape(-1).float(), BLOCK[bits])
+    flat = values.detach().reshape(-1)
+    parts = [_quantize_flat(flat[part], bits, first, midpoints, signed) for part in _chunks(flat.numel())]
+    codes, absmax = (parts[0] if len(parts) == 1 else (torch.cat([c for c, _ in parts]), torch.cat([a for _, a in parts])))
+    return codes.view(_codes_shape(values.shape, bits)), absmax
+
+
+def _quantize_flat(flat: Tensor, bits: int, first: Tensor, midpoints: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
+    x = _blocks(flat.float(), BLOCK[bits])
     absmax = x.abs().amax(dim=1)   # NaN where the block holds one; infinite where it holds an inf
     absmax = torch.where(absmax == torch.inf, torch.nan, absmax)
     normalised = x / absmax.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(1)
@@ -163,11 +182,11 @@ def _quantize(values: Tensor, bits: int, first: Tensor, midpoints: Tensor, signe
     codes = codes.clamp_(max=2**bits - 1)
     if not signed and bits == 8:   # a positive second moment never becomes 0 (its update would be g / eps)
         codes = torch.where((codes == 0) & (normalised > 0), 1, codes)
-    codes = codes.view(-1)[: values.numel()].to(torch.uint8)
+    codes = codes.view(-1)[: flat.numel()].to(torch.uint8)
     if bits == 4:
         codes = codes.view(-1, 2)
         codes = codes[:, 0].bitwise_left_shift(4).bitwise_or_(codes[:, 1])
-    return codes.view(_codes_shape(values.shape, bits)), absmax
+    return codes, absmax
 
 
 def dequantize(codes: Tensor, absmax: Tensor, bits: int, signed: bool, dtype=torch.float32) -> Tensor:
@@ -177,11 +196,23 @@ def dequantize(codes: Tensor, absmax: Tensor, bits: int, signed: bool, dtype=tor
 
 def _dequantize(codes: Tensor, absmax: Tensor, bits: int, qmap: Tensor, dtype) -> Tensor:
     shape = codes.shape if bits == 8 else (*codes.shape[:-1], 2 * codes.shape[-1])
+    numel, per_byte, block = math.prod(shape), 8 // bits, BLOCK[bits]
     flat = codes.reshape(-1)
+    parts = _chunks(numel)
+    if len(parts) == 1:
+        return _dequantize_flat(flat, absmax, bits, qmap, dtype).view(shape)
+    out = torch.empty(numel, dtype=dtype, device=codes.device)
+    for part in parts:
+        out[part] = _dequantize_flat(flat[part.start // per_byte: part.stop // per_byte],
+                                     absmax[part.start // block: -(-part.stop // block)], bits, qmap, dtype)
+    return out.view(shape)
+
+
+def _dequantize_flat(flat: Tensor, absmax: Tensor, bits: int, qmap: Tensor, dtype) -> Tensor:
     if bits == 4:
         flat = torch.stack((flat.bitwise_right_shift(4), flat.bitwise_and(15)), dim=1).view(-1)
     values = _blocks(qmap[flat.long()], BLOCK[bits]) * absmax.unsqueeze(1)
-    return values.view(-1)[: flat.numel()].view(shape).to(dtype)
+    return values.view(-1)[: flat.numel()].to(dtype)
 
 
 def state_bytes(numel: int, bits: int) -> int:
