@@ -183,6 +183,10 @@ def test_what_is_refused():
         zoo.get("adamw")([weight], kahan=True, foreach=True)
     with pytest.raises(ValueError, match="Invalid stochastic_round"):
         zoo.get("adamw")([weight], stochastic_round="yes")
+    model = Net()
+    zoo.quantize_weights(model)
+    with pytest.raises(ValueError, match="Invalid kahan: True with INT8 weights"):
+        zoo.create(model, "adamw", kahan=True)
 
 
 def test_float32_parameters_are_not_touched_by_the_settings():

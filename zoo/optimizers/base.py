@@ -213,6 +213,10 @@ class ZooOptimizer(Optimizer):
         if group["state_bits"] != 32 and any(torch.is_complex(p) for p in group["params"]):
             raise ValueError(f"Invalid state_bits: {group['state_bits']} with complex parameters: the blockwise codes "
                              "are kept for real tensors; pass state_bits=32")
+        rounding = [k for k in ("stochastic_round", "kahan") if group[k]]
+        if rounding and any(isinstance(p, QuantizedWeight) for p in group["params"]):
+            raise ValueError(f"Invalid {rounding[0]}: True with INT8 weights (zoo.quantized), which round every "
+                             "update stochastically already; it is for bfloat16 or float16 weights")
         if group["stochastic_round"] and any(is_dtensor(p) for p in group["params"]):
             raise ValueError("Invalid stochastic_round: True with parameters sharded by FSDP2 (DTensors): the rounding "
                              "noise is drawn per whole tensor; use kahan=True there")
