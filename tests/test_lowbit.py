@@ -106,6 +106,8 @@ def test_each_step_is_the_full_precision_step_through_the_codes(name, bits):
         through_codes(ref, bits)
         for a, b in zip(ours, theirs):
             assert torch.equal(a, b), (t, name)
+        if t == 0:   # made in codes from the start: no full-precision moment, even at the first step
+            assert zoo.state_bytes(opt) == zoo.expected_state_bytes(opt), name
     group = opt.param_groups[0]
     kept = {(i, k): lowbit.is_codes(opt.state[p][k]) for i, p in enumerate(ours) for k in opt._state_shapes(p, group)}
     assert kept == {(i, k): lowbit.eligible(shape, bits)   # 4,096 values or more (and an even last dimension at 4)

@@ -89,10 +89,10 @@ def _search_tables(bits: int, signed: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(code map, first code of each bucket, midpoints followed by +inf) on the CPU.
 
     Nearest-code search in two lookups instead of a binary search: a float32 value's upper 16 bits
-    (its bfloat16 truncation, sign included) name a bucket of relative width 2^-7; the map's
-    midpoints are further apart than that (relatively, 0.014 at least), so a bucket holds at most
-    one, and the code of ``x`` is the number of midpoints at or below the bucket's lowest value
-    plus one if ``x`` reaches the next midpoint: exactly the count of midpoints <= x."""
+    (its bfloat16 truncation, sign included) name a bucket of relative width 2^-8 to 2^-7; every
+    bucket of the four maps holds at most one midpoint (checked here, bucket by bucket), so the
+    code of ``x`` is the number of midpoints at or below its bucket's lowest value, plus one if
+    ``x`` reaches the bucket's midpoint: exactly the count of midpoints <= x."""
     with _disable_current_modes():   # real tensors, also when first asked under a FakeTensorMode
         qmap = torch.tensor(_map_values(bits, signed), dtype=torch.float32)
         midpoints = (qmap[1:] + qmap[:-1]) / 2
@@ -102,7 +102,9 @@ def _search_tables(bits: int, signed: bool) -> tuple[Tensor, Tensor, Tensor]:
         highest = torch.where(negative, patterns, patterns.bitwise_or(0xFFFF)).view(torch.float32)
         first = torch.searchsorted(midpoints, lowest.nan_to_num(nan=-torch.inf), right=True)
         last = torch.searchsorted(midpoints, highest.nan_to_num(nan=-torch.inf), right=True)
-        assert int((last - first).max()) <= 1, "a bucket holds two midpoints"
+        if int((last - first).max()) > 1:   # checked for every bucket, so the search is exact
+            raise RuntimeError(f"a bucket of the {bits}-bit {'signed' if signed else 'unsigned'} map holds two "
+                               "midpoints")
         return qmap, first.to(torch.int32), torch.cat((midpoints, torch.tensor([torch.inf])))
 
 
@@ -135,11 +137,11 @@ def _codes_shape(shape, bits: int) -> tuple:
     return tuple(shape) if bits == 8 else (*shape[:-1], shape[-1] // 2)
 
 
-def zeros(like: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """(codes, absmax) of a state of zeros of ``like``'s shape (an absmax of 0 dequantizes to 0)."""
-    blocks = -(-like.numel() // BLOCK[bits])
-    return (torch.zeros(_codes_shape(like.shape, bits), dtype=torch.uint8, device=like.device),
-            torch.zeros(blocks, dtype=torch.float32, device=like.device))
+def zeros(shape, bits: int, device) -> tuple[Tensor, Tensor]:
+    """(codes, absmax) of a state of zeros of ``shape`` (an absmax of 0 dequantizes to 0)."""
+    blocks = -(-math.prod(shape) // BLOCK[bits])
+    return (torch.zeros(_codes_shape(shape, bits), dtype=torch.uint8, device=device),
+            torch.zeros(blocks, dtype=torch.float32, device=device))
 
 
 def _blocks(flat: Tensor, block: int) -> Tensor:
@@ -276,6 +278,8 @@ def convert_state_dict(state_dict: dict, optimizer) -> dict:
                 if key not in state:
                     continue
                 value = state[key]
+                if old == new and is_codes(value):   # already in these bits: kept as they are
+                    continue
                 if is_codes(value):
                     value = dequantize(value, state.pop(absmax_key(key)), old, signed, param.dtype)
                 if eligible(value.shape, new):

@@ -132,7 +132,7 @@ class Adafactor(ZooOptimizer):
         states = self._states(params, init=self._init_factors)
         for p, state in zip(params, states):   # beta1 may be switched on after the first step
             if group["beta1"] is not None and "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self._zeros(state, "exp_avg", p, group["state_bits"])
         eps1, eps2 = group["eps"]
         lr = as_float(group["lr"])
         for param, grad, state in zip(params, self._grads(group, params), states):

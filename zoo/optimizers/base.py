@@ -176,6 +176,9 @@ class ZooOptimizer(Optimizer):
         self.__dict__.setdefault("compile", False)
         self.__dict__.setdefault("_group", None)
         self.__dict__.setdefault("_seeds", {})
+        for group in self.param_groups:   # an optimizer pickled before these settings existed
+            for key, value in (("state_bits", 32), ("stochastic_round", False), ("kahan", False)):
+                group.setdefault(key, value)
 
     # -- validation -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -313,8 +316,10 @@ class ZooOptimizer(Optimizer):
         groups = [{k: v for k, v in g.items() if k != STATE_MARKER} for g in groups]
         hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
-        try:   # torch.optim's load, without running the hooks a second time
-            super().load_state_dict({**state_dict, "param_groups": groups})
+        coded = {pid: {k: v for k, v in s.items() if k in self._coded_keys(s)} for pid, s in state_dict["state"].items()}
+        states = {pid: {k: v for k, v in s.items() if k not in coded[pid]} for pid, s in state_dict["state"].items()}
+        try:   # torch.optim's load, without running the hooks a second time; codes and absmax not cast by it
+            super().load_state_dict({**state_dict, "state": states, "param_groups": groups})
         finally:
             self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = hooks
         for group, old in zip(self.param_groups, before):
@@ -325,15 +330,18 @@ class ZooOptimizer(Optimizer):
             for key, kind in self.scalar_state.items():
                 if isinstance(state.get(key), Tensor):
                     state[key] = kind(state[key].item())
-        for _, saved, state in self._loaded_states(state_dict):   # torch.optim cast the codes to the parameter's dtype
-            for key, value in saved.items():
-                if lowbit.is_codes(value) and key in self.low_bit_states:
-                    state[key] = value.to(device=state[key].device, copy=True)
-                    state[lowbit.absmax_key(key)] = saved[lowbit.absmax_key(key)].to(
-                        dtype=torch.float32, device=state[key].device, copy=True)
+        saved_ids = (pid for group in state_dict["param_groups"] for pid in group["params"])
+        for pid, param in zip(saved_ids, (p for group in self.param_groups for p in group["params"])):
+            for key, value in coded.get(pid, {}).items():   # uint8 codes and float32 absmax, as saved
+                self.state[param][key] = value.to(device=param.device, copy=True)
         self._loaded(state_dict)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+    def _coded_keys(self, state: dict) -> set:
+        """The keys of a saved parameter state that hold quantized states: codes and their absmax."""
+        keys = {k for k, v in state.items() if k in self.low_bit_states and lowbit.is_codes(v)}
+        return keys | {lowbit.absmax_key(k) for k in keys if lowbit.absmax_key(k) in state}
 
     def _loaded(self, state_dict: dict) -> None:
         """A family's adjustment of the state just loaded from ``state_dict`` (torch.optim casts
@@ -548,15 +556,23 @@ class ZooOptimizer(Optimizer):
             if not state:
                 state["step"] = 0
                 for name in buffers:
-                    if name in self.low_bit_states and lowbit.eligible(p.shape, bits):
-                        state[name], state[lowbit.absmax_key(name)] = lowbit.zeros(p, bits)
-                    else:
-                        state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    self._zeros(state, name, p, bits)
                 if init is not None:
                     init(p, state)
             state["step"] += 1
             states.append(state)
         return states
+
+    def _zeros(self, state: dict, key: str, like: Tensor, bits: int, shape=None, zeros=None) -> None:
+        """``state[key]``: zeros of ``shape`` (default ``like``'s) on ``like``'s device, or their codes
+        and absmax where ``state_bits`` keeps ``key`` in ``bits`` bits (never a full-precision tensor
+        first: the first step's peak is the low-bit one). ``zeros``: how a full-precision one is made
+        (default ``zeros_like(like)``)."""
+        shape = like.shape if shape is None else shape
+        if key in self.low_bit_states and lowbit.eligible(shape, bits):
+            state[key], state[lowbit.absmax_key(key)] = lowbit.zeros(shape, bits, like.device)
+        else:
+            state[key] = zeros() if zeros is not None else torch.zeros_like(like, memory_format=torch.preserve_format)
 
     @staticmethod
     def _foreach(group: dict, params: list[Tensor]) -> bool:

@@ -196,8 +196,8 @@ class _LowRankAdamW(ZooOptimizer):
                 state["seed"] = torch.tensor(group["seed"] + self._index(p), dtype=torch.int64)
             if group["norm_growth_limit"] is not None and self.method != "galore":
                 state["update_norm"] = replicated(torch.zeros((), dtype=_norm_dtype(p), device=p.device), p)
-        state["exp_avg"] = zeros_along(p, shape)
-        state["exp_avg_sq"] = zeros_along(p, shape)
+        for key in ("exp_avg", "exp_avg_sq"):
+            self._zeros(state, key, p, group["state_bits"], shape, zeros=lambda: zeros_along(p, shape))
 
     def _index(self, p: Tensor) -> int:
         """The 1-based index that seeds ``p``'s projection, as the reference: the one

@@ -198,8 +198,8 @@ class SOAP(ZooOptimizer):
             full = grad if whole is None else whole
             if not state:   # the first step sets the preconditioner up and moves nothing
                 state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                for key in ("exp_avg", "exp_avg_sq"):
+                    self._zeros(state, key, param, group["state_bits"])
                 for i in dims:
                     state[f"GG_{i}"] = torch.zeros((param.shape[i],) * 2, dtype=_precision(param), device=full.device)
                 _accumulate(state, full, dims, shampoo_beta)
