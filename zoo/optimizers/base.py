@@ -316,7 +316,7 @@ class ZooOptimizer(Optimizer):
         groups = [{k: v for k, v in g.items() if k != STATE_MARKER} for g in groups]
         hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
-        coded = {pid: {k: v for k, v in s.items() if k in self._coded_keys(s)} for pid, s in state_dict["state"].items()}
+        coded = {pid: {k: s[k] for k in self._coded_keys(s)} for pid, s in state_dict["state"].items()}
         states = {pid: {k: v for k, v in s.items() if k not in coded[pid]} for pid, s in state_dict["state"].items()}
         try:   # torch.optim's load, without running the hooks a second time; codes and absmax not cast by it
             super().load_state_dict({**state_dict, "state": states, "param_groups": groups})

@@ -156,7 +156,7 @@ class Muon(ZooOptimizer):
                 continue
             state = self._state(param)
             if not state:
-                state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                self._zeros(state, "momentum_buffer", param, group["state_bits"])
             rows = param.shape[0]
             adjusted = _adjusted_lr(lr, group["adjust_lr_fn"], rows, param.numel() // rows)
             self._run(muon_step, param, grad, state["momentum_buffer"], scalars={"lr": lr, "adjusted_lr": adjusted},
