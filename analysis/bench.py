@@ -28,6 +28,12 @@ each of ``--rounds`` rounds the optimizers go in a fresh random order, each doin
 untimed steps and then ``--steps`` steps timed with ``time.perf_counter``. The table reports the
 median over rounds of the time per step, and its ratio to the faster torch AdamW and to each.
 
+Allocator (``--allocator``, on Linux with glibc): by default the table is measured a second time
+in a child process started with ``MALLOC_MMAP_THRESHOLD_`` set to 1 GiB (large blocks stay
+mapped when freed instead of going back to the OS and being page-faulted in again), and its
+times are joined as the column ``ms kept`` with ``default / kept``: how much of a step is the
+allocator's. ``--allocator default`` measures only this process as started.
+
 Roofline: one step must at least read parameters, gradients and every state tensor and write back
 parameters and state, so ``moved = 2 * param bytes + grad bytes + 2 * state bytes``, the state
 counted from the tensors in ``optimizer.state`` after a step. The machine's bandwidth is measured
@@ -42,8 +48,13 @@ score low on it by nature.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -65,6 +76,9 @@ PEERS = {"bnb-adamw8bit": ("bitsandbytes.optim", "AdamW8bit", 8), "torchao-adamw
 """Low-bit AdamW of the peers: name -> (module, class, state bits), measured beside ``adamw+8bit``
 and ``adamw+4bit`` where they import and step on this device."""
 LR = 1e-4
+KEPT = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30)}
+"""The environment of the second measurement of ``--allocator both``: glibc's malloc keeps blocks
+of up to 1 GiB mapped when they are freed."""
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -296,12 +310,21 @@ def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFra
             raise ValueError(f"--csv {args.csv}: its folder does not exist")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
+        if args.allocator is None:
+            args.allocator = "both" if glibc() else "default"
+        if args.allocator == "both" and not glibc():
+            raise ValueError("--allocator both sets glibc's MALLOC_MMAP_THRESHOLD_, and this Python does not run "
+                             "on glibc; pass --allocator default")
     args.dtype = resolve(args.dtype, args.device)
     bits = tuple(int(b) for b in args.state_bits)
     measured_peers, missing_peers = peers(bits, args.device) if "adamw" in names else ([], [])
     table, bandwidths = step_table(names, args.shape, args.count, args.rounds, args.warmup, args.steps,
                                    args.copy_mb, compiled=args.compile, device=args.device, dtype=args.dtype,
                                    state_bits=bits, peer_names=tuple(measured_peers))
+    if args.allocator == "both":
+        kept = kept_allocator_times(args.argv)
+        table["ms kept"] = kept
+        table["default / kept"] = table["ms/step"] / kept
     shape = "x".join(map(str, args.shape))
     where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}" if args.device == "cuda" else host()
     print(f"{where}\n{args.count} x {shape} {args.dtype}, {args.rounds} rounds x {args.steps} steps "
@@ -319,6 +342,25 @@ def step_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFra
     if args.csv:
         table.to_csv(args.csv)
     return table
+
+
+def glibc() -> bool:
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def kept_allocator_times(argv: list[str]) -> pd.Series:
+    """ms/step of the same ``step`` command (``argv``) in a child process whose malloc keeps large
+    blocks mapped (:data:`KEPT`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        csv = Path(folder) / "kept.csv"
+        command = [sys.executable, "-m", "analysis.bench", *argv, "--allocator", "default", "--refresh-steps", "0",
+                   "--csv", str(csv)]
+        print(f"measuring again with {' '.join(f'{k}={v}' for k, v in KEPT.items())} (a child process)",
+              file=sys.stderr, flush=True)
+        done = subprocess.run(command, env=os.environ | KEPT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the measurement with {KEPT} failed:\n{done.stderr[-2000:]}")
+        return pd.read_csv(csv, index_col="optimizer")["ms/step"]
 
 
 TRAIN_VARIANTS = {"fp32": (False, False), "bf16": (False, True), "layerwise": (True, False),
@@ -404,6 +446,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                            "and beside adamw the peers' low-bit AdamW (bitsandbytes, torchao) that run here")
     step.add_argument("--compile", action="store_true", help="also time every name with compile=True "
                       "(its first step, compilation included, in the 'first step s' column)")
+    step.add_argument("--allocator", choices=("both", "default"),
+                      help="both (the default on glibc): also measure in a child process whose malloc keeps large "
+                           "blocks mapped (MALLOC_MMAP_THRESHOLD_), columns 'ms kept' and 'default / kept'; "
+                           "default: only this process as started")
     step.set_defaults(run=step_command)
     train = commands.add_parser("train", help="time training steps: ordinary, per-layer updates, bf16 autocast")
     train.add_argument("--model", choices=("tiny", "60M", "130M"), default="60M", help="LLaMA size (byte tokens)")
@@ -416,7 +462,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     train.add_argument("--steps", type=integer(1), default=2, help="timed steps per variant per round")
     train.add_argument("--warmup", type=integer(0), default=1, help="untimed steps before each timing")
     train.set_defaults(run=train_command)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     return args.run(args, commands.choices[args.command])
 
 

@@ -74,17 +74,20 @@ def caution_mask(update: Tensor, grad: Tensor, norm="mean", counts: list | None 
     return phi
 
 
-def mask_and_count(update: Tensor, grad: Tensor, norm="mean", *, sign_of: Tensor | None = None):
+def mask_and_count(update: Tensor, grad: Tensor, norm="mean", *, sign_of: Tensor | None = None,
+                   out: Tensor | None = None):
     """``(phi, count)``: :func:`caution_mask` and the number of coordinates it keeps (nonzero
     for a callable), a 0-d tensor counted in float64 for float64 tensors, else float32 (exact
-    below 2^24 per tensor)."""
+    below 2^24 per tensor). ``phi`` is written into ``out`` where given (a tensor of
+    ``update``'s shape and dtype)."""
     kind = torch.promote_types(update.dtype, torch.float32)
     if callable(norm):   # a fresh tensor: the callable may return a view or a broadcast
-        phi = torch.empty_like(update).copy_(norm(update, grad))
+        phi = (torch.empty_like(update) if out is None else out).copy_(norm(update, grad))
         return phi, (phi != 0).sum(dtype=kind)
     # one temporary, reused in place: sign(u) * g (exact, unlike u * g, which can underflow to 0
     # in low precision), then the 0/1 mask, then phi
-    phi = torch.sign(update if sign_of is None else sign_of).mul_(grad).gt_(0)
+    source = update if sign_of is None else sign_of
+    phi = (torch.sign(source) if out is None else torch.sign(source, out=out)).mul_(grad).gt_(0)
     n = update.numel()
     count = phi.sum(dtype=kind)
     if norm == "mean":

@@ -26,7 +26,7 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ..caution import caution as cautious
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
-from .blocks import adam_moments_, add_, addcdiv_, apply_, bias_correction
+from .blocks import adam_denom, adam_moments_, add_, addcdiv_, apply_, bias_correction, into
 
 __all__ = ["Adam", "AdamW", "NAdamW", "adam_step", "nadamw_step"]
 
@@ -37,7 +37,7 @@ def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
     """One tensor's step of Adam (``decoupled=False``) or AdamW (``decoupled=True``)."""
     grad = adam_moments_(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
                          weight_decay=weight_decay, decoupled=decoupled)
-    denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+    denom = adam_denom(exp_avg_sq, bias_correction2_sqrt, eps)
     return apply_(param, exp_avg, grad, -lr / bias_correction1, caution, caution_norm, denom=denom)
 
 
@@ -92,9 +92,9 @@ def nadamw_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
     """One tensor's step of NAdamW; the momentum coefficients come from the caller."""
     adam_moments_(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
                   decoupled=True)
-    denom = exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)
+    denom = torch.div(exp_avg_sq, bias_correction2, **into(exp_avg_sq, "denom")).sqrt_().add_(eps)
     if caution:
-        direction = add_(grad.mul(grad_coef), exp_avg, avg_coef)
+        direction = add_(torch.mul(grad, grad_coef, **into(grad, "update")), exp_avg, avg_coef)
         return apply_(param, direction, grad, -lr, caution, caution_norm, denom=denom)
     addcdiv_(param, grad, denom, -lr * grad_coef)
     addcdiv_(param, exp_avg, denom, -lr * avg_coef)

@@ -40,7 +40,7 @@ import math
 from torch import Tensor
 
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
-from .blocks import add_, addcdiv_, apply_, bias_correction, decay_, ema_sq_
+from .blocks import adam_denom, add_, addcdiv_, apply_, bias_correction, decay_, ema_sq_
 
 __all__ = ["Adan", "adan_step"]
 
@@ -55,7 +55,7 @@ def adan_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
     add_(exp_avg.mul_(beta1), grad, 1 - beta1)
     add_(exp_avg_diff.mul_(beta2), diff, 1 - beta2)
     ema_sq_(exp_avg_sq, diff.mul_(beta2).add_(grad), beta3)   # (g + b2 * d)^2
-    denom = (exp_avg_sq.sqrt() / bias_correction3_sqrt).add_(eps)
+    denom = adam_denom(exp_avg_sq, bias_correction3_sqrt, eps)
     if no_prox:
         decay_(param, lr, weight_decay)
     count = apply_(param, exp_avg, grad, -lr / bias_correction1, caution, caution_norm, denom=denom)

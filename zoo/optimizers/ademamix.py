@@ -40,10 +40,11 @@ from __future__ import annotations
 import math
 from numbers import Integral
 
+import torch
 from torch import Tensor
 
 from .base import ZooOptimizer, as_float, check_betas, check_range
-from .blocks import add_, apply_, bias_correction, decay_, ema_sq_
+from .blocks import adam_denom, add_, apply_, bias_correction, decay_, ema_sq_, into
 
 __all__ = ["AdEMAMix", "ademamix_step", "alpha_schedule", "beta3_schedule"]
 
@@ -79,8 +80,8 @@ def ademamix_step(param: Tensor, grad: Tensor, exp_avg_fast: Tensor | None, exp_
         add_(exp_avg_fast.mul_(beta1), grad, 1 - beta1)
     add_(exp_avg_slow.mul_(beta3), grad, 1 - beta3)
     ema_sq_(exp_avg_sq, grad, beta2)
-    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    direction = add_(exp_avg_fast / bias_correction1, exp_avg_slow, alpha)
+    denom = adam_denom(exp_avg_sq, bias_correction2_sqrt, eps)
+    direction = add_(torch.div(exp_avg_fast, bias_correction1, **into(exp_avg_fast, "update")), exp_avg_slow, alpha)
     return apply_(param, direction, grad, -lr, caution, caution_norm, denom=denom)
 
 

@@ -15,11 +15,12 @@ cautious twin masks ``m`` against ``g`` (including the L2 term when the decay is
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .adam import _AdaptiveBase
 from .base import as_float, check_bool, check_range
-from .blocks import apply_, carry_nonfinite, decay_, ema_, ema_sq_, l2
+from .blocks import apply_, carry_nonfinite, decay_, ema_, ema_sq_, into, l2
 
 __all__ = ["ADOPT", "adopt_step"]
 
@@ -37,7 +38,8 @@ def adopt_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
         return None
     if decoupled:
         decay_(param, lr, weight_decay)
-    normed = grad / exp_avg_sq.sqrt().clamp_(min=eps)
+    denom = torch.sqrt(exp_avg_sq, **into(exp_avg_sq, "denom")).clamp_(min=eps)
+    normed = torch.div(grad, denom, **into(grad, "update", denom))
     if clip is not None:
         carry_nonfinite(normed.clamp_(-clip, clip), grad)   # a clipped infinity stays visible
     ema_(exp_avg, normed, beta1)

@@ -38,6 +38,7 @@ from torch.optim import Optimizer
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import lowbit
+from . import blocks
 from ..caution import check_norm
 from ..quantized import ROUNDING_KEY, QuantizedWeight, round_stochastically, rounding_noise, working_copy
 from ..sharding import global_sum, is_dtensor
@@ -499,8 +500,9 @@ class ZooOptimizer(Optimizer):
             self.per_layer.catch_up()   # parameters unfrozen since the hooks were made
             return loss
         self._aligned_counts = []
-        for group in self.param_groups:
-            self._step_group(group, group["params"])
+        with blocks.workspace():
+            for group in self.param_groups:
+                self._step_group(group, group["params"])
         return loss
 
     def _step_group(self, group: dict, params: list[Tensor]) -> None:
@@ -516,22 +518,23 @@ class ZooOptimizer(Optimizer):
             raise RuntimeError(f"state_bits={group['state_bits']} does not take sparse gradients: the blockwise "
                                "codes are dense; pass state_bits=32")
         self._group = group
-        plain = [p for p in params if not isinstance(p, QuantizedWeight)]
-        if plain:
-            with real_views(self.state, plain) as (tensors, working):
-                self._working = working
-                try:
-                    self._update_group(group, tensors)
-                finally:
-                    self._working = {}
-        for weight in params:   # INT8 weights (zoo.quantized), one working copy at a time
-            if isinstance(weight, QuantizedWeight):
-                with working_copy(self.state, weight) as copy:
-                    self._working = {copy: (weight, self.state[weight])}
+        with blocks.workspace():   # the eager steps' temporaries, reused from tensor to tensor
+            plain = [p for p in params if not isinstance(p, QuantizedWeight)]
+            if plain:
+                with real_views(self.state, plain) as (tensors, working):
+                    self._working = working
                     try:
-                        self._update_group(group, [copy])
+                        self._update_group(group, tensors)
                     finally:
                         self._working = {}
+            for weight in params:   # INT8 weights (zoo.quantized), one working copy at a time
+                if isinstance(weight, QuantizedWeight):
+                    with working_copy(self.state, weight) as copy:
+                        self._working = {copy: (weight, self.state[weight])}
+                        try:
+                            self._update_group(group, [copy])
+                        finally:
+                            self._working = {}
 
     def _state(self, param: Tensor) -> dict:
         """The state of ``param``, or of the parameter whose working tensor it is (a quantized

@@ -11,15 +11,64 @@ eager mode, where every block uses the kernel torch.optim uses (``addcdiv_(..., 
 parity with torch.optim is bit for bit), and 0-d tensors under ``compile=True``, so that a new
 learning rate or step never recompiles; the arithmetic blocks pick the form by the scalar's type
 (with a tensor: an explicit product, which rounds once more than the fused kernel).
+
+Temporaries of a tensor's size (a denominator, a mask) are taken, in eager steps, from one
+workspace per optimizer step (:func:`workspace`, :func:`into`): a buffer per purpose, as large as
+the largest tensor that needed it, whose views every tensor of the step reuses. glibc's malloc
+hands blocks that large back to the OS when they are freed, and a fresh one is page-faulted in
+again, so a temporary per tensor costs a step as much as its arithmetic (a cautious step 3-4x
+its plain twin's on a CPU; ``python -m analysis.bench step --allocator both``). The workspace
+is freed when the step ends: nothing is held between steps, and the step's peak is not raised.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
+import torch
 from torch import Tensor
 
 from ..caution import mask_and_count
 
-__all__ = ["add_", "addcmul_", "addcdiv_", "decay_", "l2", "ema_", "ema_sq_", "adam_moments_", "bias_correction",
-           "apply_", "carry_nonfinite"]
+__all__ = ["add_", "addcmul_", "addcdiv_", "decay_", "l2", "ema_", "ema_sq_", "adam_moments_", "adam_denom", "bias_correction",
+           "apply_", "carry_nonfinite", "workspace", "into"]
+
+_WORKSPACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("zoo_workspace", default=None)
+
+
+@contextlib.contextmanager
+def workspace():
+    """The step's workspace for :func:`into` (the one already open, if any), freed on leaving."""
+    if _WORKSPACE.get() is not None:
+        yield
+        return
+    token = _WORKSPACE.set({})
+    try:
+        yield
+    finally:
+        _WORKSPACE.reset(token)
+
+
+def into(like: Tensor, purpose: str, *others: Tensor) -> dict:
+    """``{"out": buffer}``, an uninitialised contiguous tensor shaped as ``like`` from the open
+    :func:`workspace`'s buffer for ``purpose``, or ``{}`` (a fresh result: no workspace, a compiled
+    step, a tensor subclass such as a DTensor or FakeTensor, a non-contiguous tensor, or ``others``
+    (the op's other tensor operands) of another shape or dtype, whose result would differ from
+    ``like``'s). Used as ``torch.sqrt(v, **into(v, "denom"))``: the same kernel either way, so the
+    same values."""
+    if torch.compiler.is_compiling():
+        return {}
+    space = _WORKSPACE.get()
+    if (space is None or type(like) is not Tensor or not like.is_contiguous()
+            or any(o.shape != like.shape or o.dtype != like.dtype for o in others)):
+        return {}
+    key = (purpose, like.device, like.dtype)
+    buffer = space.get(key)
+    if buffer is None or buffer.numel() < like.numel():
+        del buffer
+        space.pop(key, None)   # the smaller one is freed before the larger is made: the peak is one tensor's
+        buffer = space[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+    return {"out": buffer[:like.numel()].view(like.shape)}
 
 
 def add_(x: Tensor, y: Tensor, alpha) -> Tensor:
@@ -72,6 +121,11 @@ def adam_moments_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tens
     return grad
 
 
+def adam_denom(exp_avg_sq: Tensor, bias_correction2_sqrt, eps: float) -> Tensor:
+    """Adam's denominator ``sqrt(v) / sqrt(1 - b2^t) + eps``, in the step's workspace (:func:`into`)."""
+    return torch.sqrt(exp_avg_sq, **into(exp_avg_sq, "denom")).div_(bias_correction2_sqrt).add_(eps)
+
+
 def bias_correction(beta: float, step: int) -> float:
     """``1 - beta^t``."""
     return 1 - beta**step
@@ -94,7 +148,7 @@ def apply_(param: Tensor, update: Tensor, grad: Tensor, alpha, caution: bool = F
         else:
             addcdiv_(param, update, denom, alpha)
         return None
-    phi, count = mask_and_count(update, grad, caution_norm, sign_of=sign_of)
+    phi, count = mask_and_count(update, grad, caution_norm, sign_of=sign_of, out=into(update, "mask").get("out"))
     if denom is None:
         addcmul_(param, phi, update, alpha)
     else:

@@ -26,7 +26,7 @@ from ..caution import mask_and_count
 from ..sharding import reduced
 from .adam import _AdaptiveBase
 from .base import as_float, check_bool, check_range
-from .blocks import add_, ema_, ema_sq_
+from .blocks import adam_denom, add_, ema_, ema_sq_, into
 
 __all__ = ["Lamb", "lamb_step"]
 
@@ -43,11 +43,11 @@ def lamb_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
     else:
         exp_avg.mul_(beta1).add_(grad, alpha=beta3)
     ema_sq_(exp_avg_sq, grad, beta2)
-    denom = (exp_avg_sq.sqrt() / (bias_correction2**0.5)).add_(eps)
-    update = (exp_avg / bias_correction1).div_(denom)
+    denom = adam_denom(exp_avg_sq, bias_correction2**0.5, eps)
+    update = torch.div(exp_avg, bias_correction1, **into(exp_avg, "update")).div_(denom)
     count = None
     if caution:
-        phi, count = mask_and_count(update, grad, caution_norm)
+        phi, count = mask_and_count(update, grad, caution_norm, out=into(update, "mask").get("out"))
         update.mul_(phi)
     if weight_decay != 0:
         update.add_(param, alpha=weight_decay)

@@ -15,11 +15,12 @@ of order lr^2 * wd per step. The cautious twin masks ``m`` against ``g``.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .adam import _AdaptiveBase
 from .base import as_float
-from .blocks import addcdiv_, apply_, decay_, ema_sq_
+from .blocks import addcdiv_, apply_, decay_, ema_sq_, into
 
 __all__ = ["LaProp", "laprop_step"]
 
@@ -31,7 +32,7 @@ def laprop_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
     is -lr / a1."""
     decay_(param, lr, weight_decay)
     ema_sq_(exp_avg_sq, grad, beta2)
-    denom = (exp_avg_sq / second_average).sqrt_().add_(eps)
+    denom = torch.div(exp_avg_sq, second_average, **into(exp_avg_sq, "denom")).sqrt_().add_(eps)
     addcdiv_(exp_avg.mul_(beta1), grad, denom, (1 - beta1) * lr)
     return apply_(param, exp_avg, grad, alpha, caution, caution_norm)
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..caution import caution_mask
 from .base import ZooOptimizer, as_float, check_betas, check_range
-from .blocks import apply_, carry_nonfinite, decay_, ema_
+from .blocks import apply_, carry_nonfinite, decay_, ema_, into
 
 __all__ = ["Lion", "Signum", "lion_step"]
 
@@ -27,7 +27,7 @@ def lion_step(param: Tensor, grad: Tensor, exp_avg: Tensor, *, lr, beta1: float,
               caution: bool, caution_norm) -> Tensor | None:
     """One tensor's step of Lion (and of Signum with ``beta1 == beta2``)."""
     decay_(param, lr, weight_decay)
-    update = carry_nonfinite(exp_avg.lerp(grad, 1 - beta1).sign_(), grad)
+    update = carry_nonfinite(torch.lerp(exp_avg, grad, 1 - beta1, **into(exp_avg, "update")).sign_(), grad)
     count = apply_(param, update, grad, -lr, caution, caution_norm)
     ema_(exp_avg, grad, beta2)
     return count

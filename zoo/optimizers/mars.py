@@ -54,7 +54,7 @@ from torch import Tensor
 from ..sharding import reduced
 from .adam import adam_steps
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
-from .blocks import apply_, bias_correction, carry_nonfinite, decay_, ema_, ema_sq_
+from .blocks import adam_denom, apply_, bias_correction, carry_nonfinite, decay_, ema_, ema_sq_, into
 
 __all__ = ["Mars", "mars_step"]
 
@@ -69,7 +69,7 @@ def mars_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor |
     if first_step:
         corrected = grad
     else:
-        corrected = (grad - last_grad).mul_(correction).add_(grad)
+        corrected = torch.sub(grad, last_grad, **into(grad, "update", last_grad)).mul_(correction).add_(grad)
         norm = reduced(torch.linalg.vector_norm(corrected))   # one all-reduce when sharded
         corrected.div_(torch.fmax(norm, torch.ones_like(norm)))
     last_grad.copy_(grad)
@@ -78,7 +78,7 @@ def mars_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor |
     if exp_avg_sq is None:
         return apply_(param, carry_nonfinite(exp_avg.sign(), grad), grad, -lr, caution, caution_norm)
     ema_sq_(exp_avg_sq, corrected, beta2)
-    denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+    denom = adam_denom(exp_avg_sq, bias_correction2_sqrt, eps)
     return apply_(param, exp_avg, grad, -lr / bias_correction1, caution, caution_norm, denom=denom)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..caution import mask_and_count
 from .adam import _AdaptiveBase
 from .base import as_float, check_bool
-from .blocks import adam_moments_, bias_correction
+from .blocks import adam_moments_, bias_correction, into
 
 __all__ = ["RAdam", "radam_step", "rectification"]
 
@@ -42,9 +42,9 @@ def radam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
                          weight_decay=weight_decay, decoupled=decoupled)
     direction, count = exp_avg, None
     if caution:
-        phi, count = mask_and_count(exp_avg, grad, caution_norm)
+        phi, count = mask_and_count(exp_avg, grad, caution_norm, out=into(exp_avg, "mask").get("out"))
         direction = phi.mul_(exp_avg)
-    update = direction / bias_correction1 * lr
+    update = torch.div(direction, bias_correction1, **into(direction, "update")).mul_(lr)
     if isinstance(rect, Tensor):   # compiled: both phases in one graph, so the switch never recompiles
         update = torch.where(rect > 0, update * (bias_correction2**0.5 / exp_avg_sq.sqrt().add_(eps)) * rect, update)
     elif rect > 0:

@@ -15,10 +15,11 @@ denominator, which always agrees with ``g``: caution is refused there.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .base import ZooOptimizer, as_float, check_bool, check_range
-from .blocks import addcdiv_, apply_, ema_, ema_sq_, l2
+from .blocks import addcdiv_, apply_, ema_, ema_sq_, into, l2
 
 __all__ = ["RMSprop", "rmsprop_step"]
 
@@ -31,9 +32,10 @@ def rmsprop_step(param: Tensor, grad: Tensor, square_avg: Tensor, grad_avg: Tens
     ema_sq_(square_avg, grad, alpha)
     if grad_avg is not None:
         ema_(grad_avg, grad, alpha)
-        denom = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_().add_(eps)
+        denom = torch.addcmul(square_avg, grad_avg, grad_avg, value=-1,
+                              **into(square_avg, "denom", grad_avg)).sqrt_().add_(eps)
     else:
-        denom = square_avg.sqrt().add_(eps)
+        denom = torch.sqrt(square_avg, **into(square_avg, "denom")).add_(eps)
     if buf is None:
         return apply_(param, grad, grad, -lr, denom=denom)
     addcdiv_(buf.mul_(momentum), grad, denom, 1.0)

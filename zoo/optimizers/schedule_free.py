@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ..quantized import QuantizedWeight, working_copy
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
-from .blocks import add_, apply_, bias_correction, decay_, ema_sq_
+from .blocks import add_, apply_, bias_correction, decay_, ema_sq_, into
 
 __all__ = ["AdamWScheduleFree", "schedule_free_adamw_step"]
 
@@ -70,7 +70,8 @@ def schedule_free_adamw_step(param: Tensor, grad: Tensor, z: Tensor, exp_avg_sq:
                              caution: bool, caution_norm) -> Tensor | None:
     """One tensor's step; ``param`` holds y, ``lr`` is the warmed-up rate, ``ckp1`` the weight c."""
     ema_sq_(exp_avg_sq, grad, beta2)
-    normalized = grad / (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
+    denom = torch.div(exp_avg_sq, bias_correction2, **into(exp_avg_sq, "denom")).sqrt_().add_(eps)
+    normalized = torch.div(grad, denom, **into(grad, "update", denom))
     if not caution:   # the reference's kernels
         if weight_decay != 0:
             normalized.add_(param, alpha=weight_decay)
@@ -79,7 +80,7 @@ def schedule_free_adamw_step(param: Tensor, grad: Tensor, z: Tensor, exp_avg_sq:
         add_(z, normalized, -lr)
         return None
     rate = lr * (1 - beta1 * (1 - ckp1))   # y's step size along g / d (and the decay)
-    update = add_((param - z).mul_(ckp1), normalized, rate)
+    update = add_(torch.sub(param, z, **into(z, "diff", param)).mul_(ckp1), normalized, rate)
     if weight_decay != 0:
         normalized.add_(param, alpha=weight_decay)
     add_(z, normalized, -lr)

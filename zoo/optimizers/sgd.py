@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .base import ZooOptimizer, as_float, check_bool, check_range
-from .blocks import apply_, l2
+from .blocks import apply_, into, l2
 
 __all__ = ["SGD", "sgd_step"]
 
@@ -41,7 +41,7 @@ def sgd_step(param: Tensor, grad: Tensor, buf: Tensor | None, *, lr, momentum: f
             buf.copy_(grad)
         else:
             buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-        update = grad.add(buf, alpha=momentum) if nesterov else buf
+        update = torch.add(grad, buf, alpha=momentum, **into(grad, "update", buf)) if nesterov else buf
     return apply_(param, update, grad, -lr, caution, caution_norm)
 
 

@@ -1,0 +1,106 @@
+"""The eager steps' workspace (``zoo.optimizers.blocks.workspace`` / ``into``): the temporaries of
+every tensor's step come from one buffer per purpose for the whole optimizer step, with the same
+values as fresh tensors, and nothing is held once the step is done."""
+import contextlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+import zoo
+from zoo.optimizers import blocks
+
+MATRIX_TEMPORARIES = {
+    "adafactor": "its factored second moment is rebuilt per tensor by an outer product",
+    "apollo": "the projected gradient and its scaling are matrix products per tensor",
+    "apollo-svd": "the projected gradient and its scaling are matrix products per tensor",
+    "galore": "the projected gradient and the update's projection back are matrix products",
+    "fira": "the projected gradient and the update's projection back are matrix products",
+    "muon": "Newton-Schulz iterations are matrix products",
+    "soap": "the rotations into and out of the eigenbases are matrix products",
+}
+"""Names (and their cautious twins) whose steps make per-tensor results of matrix products; the
+workspace serves elementwise temporaries only."""
+
+
+class FreshResults(TorchDispatchMode):
+    """Counts results of at least ``numel`` values written into new memory (not into an input)."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        self.count += sum(isinstance(t, torch.Tensor) and t.numel() >= self.numel
+                          and t.untyped_storage().data_ptr() not in inputs for t in tree_flatten(out)[0])
+        return out
+
+
+def fresh_per_step(name: str, tensors: int) -> int:
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 128)) for _ in range(tensors)]
+    opt = zoo.get(name)(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()   # the states are made
+    with FreshResults(64 * 128) as mode:
+        opt.step()
+    return mode.count
+
+
+def test_into_hands_out_views_of_one_buffer_per_purpose():
+    a, b = torch.zeros(64, 32), torch.zeros(16, 8)
+    assert blocks.into(a, "denom") == {}   # no workspace: a fresh result
+    with blocks.workspace():
+        out_a, out_b = blocks.into(a, "denom")["out"], blocks.into(b, "denom")["out"]
+        assert out_a.shape == a.shape and out_b.shape == b.shape and out_b.is_contiguous()
+        assert out_b.data_ptr() == out_a.data_ptr()
+        assert blocks.into(b, "mask")["out"].data_ptr() != out_a.data_ptr()
+        assert blocks.into(a.t(), "denom") == {}   # not contiguous
+        assert blocks.into(b, "denom", torch.zeros(16, 8, dtype=torch.float64)) == {}   # another dtype
+        assert blocks.into(b, "denom", torch.zeros(8)) == {}   # a broadcast operand
+        assert blocks.into(torch.nn.Parameter(b), "denom") == {}   # a subclass
+        with blocks.workspace():   # nested: the open one
+            assert blocks.into(b, "denom")["out"].data_ptr() == out_a.data_ptr()
+        larger = blocks.into(torch.zeros(128, 64), "denom")["out"]
+        assert larger.numel() == 128 * 64
+    assert blocks.into(a, "denom") == {} and blocks._WORKSPACE.get() is None
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_an_eager_step_makes_its_elementwise_temporaries_once_not_per_tensor(name):
+    """The count of new tensor-size results in one step is the same for 2 and 4 parameters
+    (the workspace's buffers, one per purpose), or, for the names whose steps multiply matrices,
+    grows with them (so this list of exceptions stays true)."""
+    two, four = fresh_per_step(name, 2), fresh_per_step(name, 4)
+    if zoo.info(name).base in MATRIX_TEMPORARIES or name in MATRIX_TEMPORARIES:
+        assert four > two
+    else:
+        assert four == two, f"{name}: {two} new tensor-size results with 2 parameters, {four} with 4"
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_the_workspace_gives_the_values_of_fresh_temporaries(name, monkeypatch):
+    torch.manual_seed(0)
+    shapes = [(64, 128), (32, 16), (128, 64)]   # the workspace grows and is reused
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(4)]
+
+    def run():
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = zoo.get(name)(params, lr=1e-2)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        return params
+
+    reused = run()
+    monkeypatch.setattr(blocks, "workspace", contextlib.nullcontext)
+    fresh = run()
+    for a, b in zip(reused, fresh):
+        assert torch.equal(a, b)
