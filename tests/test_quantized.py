@@ -171,6 +171,42 @@ def test_every_optimizer_updates_a_quantized_weight_as_a_float_one_then_rounds(n
             assert fractions[0] == fractions[1] or fractions.isnan().all()   # nan: nothing masked yet
 
 
+@pytest.mark.parametrize("name", zoo.names())
+def test_a_bfloat16_quantized_weight_is_updated_in_float32_and_keeps_small_updates(name):
+    """An INT8 weight of compute dtype bfloat16, near 1 (bf16 gap 2^-7, the INT8 step of its groups
+    about 2e-4): its update is made in float32 and rounded once, to the codes. Over 30 steps of
+    lr 1e-4 it moves as the float32 INT8 weight of the same codes and gradients (within 10 %; a
+    bfloat16 working copy would round every update away), and its states have the dtypes of a
+    bfloat16 weight's rounded stochastically (Schedule-Free's z in float32: the master copy)."""
+    torch.manual_seed(0)
+    start = 1 + 0.01 * torch.randn(16, 256)
+    options = {"lr": 1e-4}
+    if zoo.info(name).low_rank and "rank" not in zoo.info(name).fixed:
+        options["rank"] = 4
+    moves, states = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        weight = nn.Parameter(quantize(start, group_size=GROUP, seed=7))
+        weight = nn.Parameter(QuantizedWeight(weight.codes, weight.scale, weight.low, dtype, GROUP, seed=7))
+        first = weight.dequantize(torch.float32)
+        opt = zoo.get(name)([weight], **options)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(30):
+            # mostly one way, the same values in both dtypes
+            weight.grad = torch.randn(16, 256, generator=gen).add_(1).to(torch.bfloat16).to(dtype)
+            opt.step()
+        moves[dtype] = weight.dequantize(torch.float32) - first
+        states[dtype] = {k: v.dtype for k, v in opt.state[weight].items() if torch.is_tensor(v) and v.dim() > 0}
+    plain = nn.Parameter(start.to(torch.bfloat16))
+    opt = zoo.get(name)([plain], **options, stochastic_round=True)
+    plain.grad = torch.ones_like(plain)
+    opt.step()
+    assert states[torch.bfloat16] == {k: v.dtype for k, v in opt.state[plain].items()
+                                      if torch.is_tensor(v) and v.dim() > 0}
+    reference = moves[torch.float32].norm()
+    assert reference > 0
+    assert (moves[torch.bfloat16] - moves[torch.float32]).norm() < 0.1 * reference
+
+
 class Net(nn.Module):
     def __init__(self):
         super().__init__()

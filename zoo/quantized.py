@@ -446,14 +446,14 @@ def quantized_bytes(numel: int, group_size: int = 128) -> int:
 
 @contextmanager
 def working_copy(state: dict, weight: QuantizedWeight):
-    """For an optimizer's update of ``weight``: yields its dequantized working tensor, holding its
-    gradient; on leaving, the weight takes the updated value back, rounded with the noise of its
-    next rounding (counted in ``state[weight]``, the optimizer's state of the weight)."""
-    copy = weight.dequantize()
-    copy.grad = weight.grad
+    """For an optimizer's update of ``weight``: yields its dequantized working tensor, in float32
+    at least (a bfloat16 weight's update is not rounded to bfloat16 on its way to the codes: that
+    rounding would lose the updates below half a bfloat16 gap, and bias the rest); on leaving,
+    the weight takes the updated value back, rounded with the noise of its next rounding (counted
+    in ``state[weight]``, the optimizer's state of the weight). The gradient stays on ``weight``."""
+    copy = weight.dequantize(torch.promote_types(weight.dtype, torch.float32))
     yield copy
     entry = state[weight]
     count = entry.get(ROUNDING_KEY, 0) + 1
     weight.requantize_(copy, count)
     entry[ROUNDING_KEY] = count
-    copy.grad = None

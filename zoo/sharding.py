@@ -50,15 +50,16 @@ def placed_as(tensor: Tensor, like: Tensor) -> Tensor:
     return tensor.redistribute(like.device_mesh, like.placements)
 
 
-def zeros_along(like: Tensor, shape) -> Tensor:
-    """Zeros of ``shape`` for the state of parameter ``like`` (a factor or a low-rank moment):
-    ``like.new_zeros(shape)``, and for a sharded ``like`` sharded as it is along every axis the
-    two shapes share (each rank holds the rows of its own rows), replicated along the others."""
+def zeros_along(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
+    """Zeros of ``shape`` (and ``dtype``, default ``like``'s) for the state of parameter ``like`` (a
+    factor or a low-rank moment): ``like.new_zeros(shape)``, and for a sharded ``like`` sharded as
+    it is along every axis the two shapes share (each rank holds the rows of its own rows),
+    replicated along the others."""
     if not is_dtensor(like):
-        return like.new_zeros(shape)
+        return like.new_zeros(shape, dtype=dtype)
     from torch.distributed.tensor import Replicate
     placements = [p if p.is_shard() and shape[p.dim] == like.shape[p.dim] else Replicate() for p in like.placements]
-    whole = replicated(torch.zeros(shape, dtype=like.dtype, device=like.to_local().device), like)
+    whole = replicated(torch.zeros(shape, dtype=dtype or like.dtype, device=like.to_local().device), like)
     return whole.redistribute(like.device_mesh, placements)   # each rank keeps its slice: no communication
 
 

@@ -120,13 +120,13 @@ class Adafactor(ZooOptimizer):
                     "g times a positive factor")
         return None
 
-    @staticmethod
-    def _init_factors(p, state):
+    def _init_factors(self, p, state):
+        dtype = self._state_dtype(p)
         if p.dim() > 1:
-            state["row_var"] = zeros_along(p, p.shape[:-1] + (1,))
-            state["col_var"] = zeros_along(p, p.shape[:-2] + (1, p.shape[-1]))
+            state["row_var"] = zeros_along(p, p.shape[:-1] + (1,), dtype)
+            state["col_var"] = zeros_along(p, p.shape[:-2] + (1, p.shape[-1]), dtype)
         else:
-            state["variance"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["variance"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
     def _update_group(self, group, params):
         states = self._states(params, init=self._init_factors)

@@ -541,6 +541,15 @@ class ZooOptimizer(Optimizer):
         weight's dequantized copy, a complex parameter's real view)."""
         return self._working[param][1] if param in self._working else self.state[param]
 
+    def _quantized(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is the working copy of an INT8 weight (:func:`zoo.quantized.working_copy`)."""
+        return isinstance(self._parameter(tensor), QuantizedWeight)
+
+    def _state_dtype(self, tensor: Tensor) -> torch.dtype:
+        """The dtype of the full-size states of ``tensor``: its own, or for the working copy of an INT8
+        weight (float32 at least) the weight's compute dtype, as a float weight of that dtype."""
+        return self._parameter(tensor).dtype if self._quantized(tensor) else tensor.dtype
+
     def _parameter(self, tensor: Tensor) -> Tensor:
         """The parameter that ``tensor`` (a parameter or a working tensor) stands for."""
         return self._working[tensor][0] if tensor in self._working else tensor
@@ -575,7 +584,8 @@ class ZooOptimizer(Optimizer):
         if key in self.low_bit_states and lowbit.eligible(shape, bits):
             state[key], state[lowbit.absmax_key(key)] = lowbit.zeros(shape, bits, like.device)
         else:
-            state[key] = zeros() if zeros is not None else torch.zeros_like(like, memory_format=torch.preserve_format)
+            state[key] = zeros() if zeros is not None else torch.zeros_like(like, dtype=self._state_dtype(like),
+                                                                            memory_format=torch.preserve_format)
 
     @staticmethod
     def _foreach(group: dict, params: list[Tensor]) -> bool:
@@ -586,9 +596,8 @@ class ZooOptimizer(Optimizer):
 
     def _grads(self, group: dict, params: list[Tensor]) -> list[Tensor]:
         """The gradients of ``params``, negated when the group maximizes."""
-        if group["maximize"]:
-            return [-p.grad for p in params]
-        return [p.grad for p in params]
+        grads = [self._parameter(p).grad if self._quantized(p) else p.grad for p in params]
+        return [-g for g in grads] if group["maximize"] else grads
 
     def _run(self, fn, param: Tensor, *tensors, scalars: dict, **settings) -> None:
         """``fn(param, *tensors, **scalars, **settings)``, one tensor's step built from

@@ -151,7 +151,7 @@ class AdamWScheduleFree(ZooOptimizer):
                     continue
                 if isinstance(param, QuantizedWeight):
                     with working_copy(self.state, param) as copy:
-                        copy.lerp_(z, weight)
+                        copy.lerp_(z.to(copy.dtype), weight)
                 else:
                     param.lerp_(z.to(param.dtype), weight)
             group["train_mode"] = train
@@ -176,12 +176,14 @@ class AdamWScheduleFree(ZooOptimizer):
     @staticmethod
     def _master_z(param: Tensor, group: dict) -> bool:
         """Whether z is kept in float32: for a bfloat16 or float16 weight rounded stochastically or
-        with a Kahan compensation, z (the iterate the steps move) is the weights' master copy."""
-        return (group["stochastic_round"] or group["kahan"]) and param.dtype in (torch.bfloat16, torch.float16)
+        with a Kahan compensation, or an INT8 weight of such a compute dtype (rounded stochastically
+        to its codes), z (the iterate the steps move) is the weights' master copy."""
+        rounded = group["stochastic_round"] or group["kahan"] or isinstance(param, QuantizedWeight)
+        return rounded and param.dtype in (torch.bfloat16, torch.float16)
 
     def _init(self, param: Tensor, state: dict, group: dict) -> None:
-        z = param.clone(memory_format=torch.preserve_format)
-        state["z"] = z.float() if self._master_z(param, group) else z
+        dtype = torch.float32 if self._master_z(self._parameter(param), group) else self._state_dtype(param)
+        state["z"] = param.to(dtype, copy=True, memory_format=torch.preserve_format)
         state["weight_sum"], state["lr_max"] = 0.0, 0.0
 
     def _formula_bytes(self, param, group):

@@ -96,10 +96,11 @@ class SGD(ZooOptimizer):
         return None
 
     def _update_group(self, group, params):
-        if group["caution"] and any(p.grad.is_sparse for p in params):
+        grads = self._grads(group, params)
+        if group["caution"] and any(g.is_sparse for g in grads):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients: the cautious mask compares "
                                "the update with the gradient element by element (the non-cautious SGD takes them)")
-        for param, grad in zip(params, self._grads(group, params)):
+        for param, grad in zip(params, grads):
             state = self._state(param)
             first = group["momentum"] != 0 and "momentum_buffer" not in state
             if first:
