@@ -253,6 +253,52 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     return True
 
 
+def test_compiled_kernels_give_the_eager_values():
+    """compile=True: dequantization (to bf16 and float32) and requantization (stochastic and to
+    nearest) as compiled kernels, equal to the eager ones to the bit; a weight keeps the setting
+    through detach, pickling and a copy; under a dispatch mode (FakeTensorMode) the eager ones run."""
+    torch.manual_seed(0)
+    value = torch.randn(96, 256) * 0.05
+    for stochastic in (True, False):
+        eager = quantize(value, group_size=GROUP, seed=3, stochastic_round=stochastic)
+        compiled = quantize(value, group_size=GROUP, seed=3, stochastic_round=stochastic, compile=True)
+        for dtype in (torch.bfloat16, torch.float32):
+            assert torch.equal(compiled.dequantize(dtype), eager.dequantize(dtype))
+        for count in (1, 2):
+            update = eager.dequantize(torch.float32) - 1e-3 * torch.randn(96, 256)
+            eager.requantize_(update, count)
+            compiled.requantize_(update, count)
+            assert torch.equal(compiled.codes, eager.codes)
+            assert torch.equal(compiled.scale, eager.scale) and torch.equal(compiled.low, eager.low)
+    assert compiled.compile and "compile=True" in repr(compiled)
+    assert compiled.detach().compile and not eager.detach().compile
+    buffer = io.BytesIO()
+    torch.save(nn.Parameter(compiled), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True).compile
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        fake = quantize(torch.randn(8, 64), group_size=GROUP, compile=True)
+        assert fake.dequantize(torch.float32).shape == (8, 64)
+
+
+def test_a_model_with_compiled_kernels_trains_as_the_eager_one():
+    models = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = Net()
+        quantize_weights(model, group_size=GROUP, filter=lambda name, p: name.endswith("mlp.weight"), compile=compile)
+        opt = zoo.create(model, "apollo-mini", lr=1e-2, layerwise=True)
+        for step in range(3):
+            idx = torch.randint(0, 16, (4, 8), generator=torch.Generator().manual_seed(step))
+            model(idx).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        models.append(model)
+    assert models[1].mlp.weight.compile
+    assert _same_weights(*models)
+
+
 @pytest.mark.parametrize("name", zoo.names())
 def test_per_layer_updates_equal_the_ordinary_step_on_quantized_weights(name):
     ordinary, _ = _train(name, 3)

@@ -29,13 +29,20 @@ its dequantized value (and keeps a float copy for backward if it needs one); wri
 refused: only a zoo optimizer updates it.
 
 **Updates.** A zoo optimizer's step (ordinary or per-layer) dequantizes each quantized weight into
-a working tensor in the compute dtype, applies its ordinary update to it (caution, APOLLO's
-scaling, weight decay, the same state as a float weight: the state stays keyed by the weight),
-and quantizes the result again, stochastically by default: ``q = floor(x + u)``, ``u ~ U[0, 1)``,
-x = (w - low) / scale, so that the expected dequantized value is the updated float value. The
-working tensor is in the compute dtype as in the reference: in bfloat16 an update smaller than
-half a unit in the last place of the weight is rounded away before the stochastic rounding sees
-it (quantize a float32 model and train under bf16 autocast to avoid that).
+a working tensor in float32 (at least), applies its ordinary update to it (caution, APOLLO's
+scaling, weight decay, the same state as a float weight of the compute dtype: the state stays
+keyed by the weight), and quantizes the result again, stochastically by default:
+``q = floor(x + u)``, ``u ~ U[0, 1)``, x = (w - low) / scale, so that the expected dequantized
+value is the updated float value. The reference updates a working tensor in the compute dtype;
+in bfloat16 that rounds an update smaller than half a unit in the last place of the weight away
+before the stochastic rounding sees it, and biases the rest, so here it is float32.
+
+**Compiled kernels** (``compile=True`` in :func:`quantize_weights`, :func:`materialize_quantized`,
+:func:`quantize`). Dequantizing (forward, backward, the working tensor) and requantizing with
+the rounding noise are memory passes over every weight: eagerly four and about twelve. With
+``compile`` each is one ``torch.compile`` kernel, with the same values (the same noise from the
+weight's generator; tested equal to the eager kernels). Under a ``TorchDispatchMode`` (a memory
+tracker, ``FakeTensorMode``), inside a compiled region and on Windows the eager kernels run.
 
 **Randomness.** The noise of a weight's k-th update comes from a generator seeded with the
 weight's ``seed`` (``quantize_weights``' seed plus the weight's 1-based index) and k, which the
@@ -47,6 +54,7 @@ position: a resumed run is bit for bit the uninterrupted one.
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import contextmanager
 from numbers import Integral
 from typing import Callable
@@ -54,6 +62,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils._pytree import tree_map_only
 
 from .filters import default_filter
@@ -61,7 +70,8 @@ from .precision import slow_input_gradient
 
 
 __all__ = ["QuantizedWeight", "quantize_weights", "materialize_quantized", "quantize", "quantized_bytes",
-           "working_copy", "encode", "decode", "BITS", "rounding_noise", "round_stochastically"]
+           "working_copy", "encode", "decode", "BITS", "rounding_noise", "rounding_bits", "noise_of",
+           "round_stochastically"]
 
 aten = torch.ops.aten
 BITS = (8,)
@@ -80,17 +90,27 @@ def _check_settings(bits, group_size) -> None:
         raise ValueError(f"Invalid group_size: {group_size!r}; allowed an int >= 1 (values per scale and offset)")
 
 
-def rounding_noise(shape, seed: int, count: int, device) -> Tensor:
-    """Noise in (0, 1) for a weight's ``count``-th rounding, from its own generator: 16 random bits
-    per value, (k + 1/2) / 2^16 for k uniform in 0..2^16-1 (a quarter of the generator's draws of
-    ``torch.rand``, which is the slow part of a CPU step). The CPU generator keeps 32 bits of its
-    seed: ``seed * 2^20 + count`` modulo 2^32 differs for every update of 4096 consecutive weight
-    seeds over their first 2^20 updates."""
+def rounding_bits(numel: int, seed: int, count: int, device) -> Tensor:
+    """The 16 random bits per value (int16, ``numel`` of them) of a weight's ``count``-th rounding,
+    from its own generator (a quarter of the generator's draws of ``torch.rand``, which is the
+    slow part of a CPU step). The CPU generator keeps 32 bits of its seed: ``seed * 2^20 + count``
+    modulo 2^32 differs for every update of 4096 consecutive weight seeds over their first 2^20
+    updates."""
     generator = torch.Generator(device=device)
     generator.manual_seed((seed * 2**20 + count) % 2**32)
-    numel = math.prod(shape)
     bits = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None, generator=generator)
-    return bits.view(torch.int16)[:numel].float().add_(2**15 + 0.5).mul_(2**-16).reshape(shape)
+    return bits.view(torch.int16)[:numel]
+
+
+def noise_of(bits: Tensor) -> Tensor:
+    """:func:`rounding_bits` k as noise in (0, 1): (k + 2^15 + 1/2) / 2^16, exact in float32."""
+    return bits.float().add_(2**15 + 0.5).mul_(2**-16)
+
+
+def rounding_noise(shape, seed: int, count: int, device) -> Tensor:
+    """Noise in (0, 1) for a weight's ``count``-th rounding (:func:`rounding_bits`,
+    :func:`noise_of`), of ``shape``."""
+    return noise_of(rounding_bits(math.prod(shape), seed, count, device)).reshape(shape)
 
 
 def round_stochastically(values: Tensor, dtype: torch.dtype, noise: Tensor) -> Tensor:
@@ -128,10 +148,35 @@ def decode(codes: Tensor, scale: Tensor, low: Tensor, dtype: torch.dtype) -> Ten
     return groups.to(dtype).reshape(codes.shape)
 
 
+def _encode_bits(values: Tensor, group_size: int, bits: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`encode` with the noise of :func:`rounding_bits` ``bits`` (None: to nearest)."""
+    return encode(values, group_size, None if bits is None else noise_of(bits).reshape(values.shape))
+
+
+_KERNELS: dict = {}
+
+
+def _run_kernel(fn, compiled: bool, *args):
+    """``fn(*args)``, compiled (made once, shared) where ``compiled`` asks for it and compiling is
+    possible here (see the module docstring). Its tensors come as (groups, group_size) views: the
+    number of groups is dynamic (one kernel for every weight shape), the group size static, so
+    that the inner loop is vectorized."""
+    if not compiled or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None \
+            or sys.platform == "win32":
+        return fn(*args)
+    if fn not in _KERNELS:
+        _KERNELS[fn] = torch.compile(fn)
+    for tensor in args:
+        if isinstance(tensor, Tensor):
+            torch._dynamo.mark_dynamic(tensor, 0)
+    return _KERNELS[fn](*args)
+
+
 class QuantizedWeight(Tensor):
     """A weight held as uint8 ``codes`` with float32 ``scale`` and ``low`` per group (module
     docstring); it reports the float weight's shape and compute ``dtype``. ``stochastic_round``:
-    how an optimizer writes updates back; ``seed``: its rounding noise."""
+    how an optimizer writes updates back; ``seed``: its rounding noise; ``compile``: whether its
+    dequantization and requantization run compiled (module docstring)."""
 
     codes: Tensor
     scale: Tensor
@@ -139,43 +184,55 @@ class QuantizedWeight(Tensor):
 
     @staticmethod
     def __new__(cls, codes: Tensor, scale: Tensor, low: Tensor, dtype: torch.dtype, group_size: int,
-                stochastic_round: bool = True, seed: int = 0, requires_grad: bool = False):
+                stochastic_round: bool = True, seed: int = 0, requires_grad: bool = False, compile: bool = False):
         return Tensor._make_wrapper_subclass(cls, codes.shape, dtype=dtype, device=codes.device,
                                              requires_grad=requires_grad)
 
-    def __init__(self, codes, scale, low, dtype, group_size, stochastic_round=True, seed=0, requires_grad=False):
+    def __init__(self, codes, scale, low, dtype, group_size, stochastic_round=True, seed=0, requires_grad=False,
+                 compile=False):
         self.codes, self.scale, self.low = codes, scale, low
         self.group_size, self.stochastic_round, self.seed = int(group_size), bool(stochastic_round), int(seed)
+        self.compile = bool(compile)
 
     def _meta(self) -> tuple:
         return (self.dtype, self.group_size, self.stochastic_round, self.seed)
 
+    def _like(self, codes: Tensor, scale: Tensor, low: Tensor, dtype: torch.dtype | None = None) -> QuantizedWeight:
+        """A weight of these codes with this one's settings."""
+        return QuantizedWeight(codes, scale, low, dtype or self.dtype, self.group_size, self.stochastic_round,
+                               self.seed, compile=self.compile)
+
     def __tensor_flatten__(self):
-        return ["codes", "scale", "low"], self._meta()
+        return ["codes", "scale", "low"], (*self._meta(), self.compile)
 
     @staticmethod
     def __tensor_unflatten__(inner: dict, meta: tuple, outer_size, outer_stride):
-        return QuantizedWeight(inner["codes"], inner["scale"], inner["low"], *meta)
+        *meta, compile = meta
+        return QuantizedWeight(inner["codes"], inner["scale"], inner["low"], *meta, compile=compile)
 
     def __reduce_ex__(self, protocol):
-        return _rebuild, (self.codes, self.scale, self.low, self._meta(), self.requires_grad)
+        return _rebuild, (self.codes, self.scale, self.low, self._meta(), self.requires_grad, self.compile)
 
     def __repr__(self, *, tensor_contents=None) -> str:
         return (f"QuantizedWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}, int8 codes, "
                 f"group_size={self.group_size}, stochastic_round={self.stochastic_round}"
+                f"{', compile=True' if self.compile else ''}"
                 f"{', requires_grad=True' if self.requires_grad else ''})")
 
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
         """The float weight, in ``dtype`` (default its compute dtype): a new ordinary tensor."""
-        return decode(self.codes, self.scale, self.low, dtype or self.dtype)
+        groups = self.codes.view(self.scale.shape[0], -1)
+        return _run_kernel(decode, self.compile, groups, self.scale, self.low, dtype or self.dtype).view(self.shape)
 
     @torch.no_grad()
     def requantize_(self, values: Tensor, count: int = 0) -> None:
         """Store ``values`` (the updated float weight): stochastically rounded with the noise of
         update ``count`` when ``stochastic_round``, else to nearest."""
-        noise = rounding_noise(values.shape, self.seed, count, values.device) if self.stochastic_round else None
-        codes, scale, low = encode(values, self.group_size, noise)
-        self.codes.copy_(codes)
+        bits = rounding_bits(values.numel(), self.seed, count, values.device) if self.stochastic_round else None
+        shape = (-1, self.group_size)
+        codes, scale, low = _run_kernel(_encode_bits, self.compile, values.reshape(shape), self.group_size,
+                                        None if bits is None else bits.view(shape))
+        self.codes.copy_(codes.view(self.codes.shape))
         self.scale.copy_(scale)
         self.low.copy_(low)
 
@@ -196,12 +253,12 @@ class QuantizedWeight(Tensor):
         kwargs = kwargs or {}
         if func in (aten.detach.default, aten.alias.default):
             (self,) = args
-            return QuantizedWeight(self.codes, self.scale, self.low, *self._meta())
+            return self._like(self.codes, self.scale, self.low)
         if func in (aten.clone.default, aten._to_copy.default):
             self = args[0]
             device, dtype = kwargs.get("device") or self.device, kwargs.get("dtype") or self.dtype
             inner = [t.to(device, copy=True) for t in (self.codes, self.scale, self.low)]
-            return QuantizedWeight(*inner, dtype, self.group_size, self.stochastic_round, self.seed)
+            return self._like(*inner, dtype)
         if func is aten.copy_.default:
             dst, src = args[0], args[1]
             if isinstance(dst, QuantizedWeight):
@@ -222,8 +279,8 @@ class QuantizedWeight(Tensor):
         return func(*args, **kwargs)
 
 
-def _rebuild(codes, scale, low, meta, requires_grad):
-    return QuantizedWeight(codes, scale, low, *meta, requires_grad=requires_grad)
+def _rebuild(codes, scale, low, meta, requires_grad, compile=False):
+    return QuantizedWeight(codes, scale, low, *meta, requires_grad=requires_grad, compile=compile)
 
 
 torch.serialization.add_safe_globals([_rebuild])   # torch.load(..., weights_only=True) reads quantized weights
@@ -261,16 +318,17 @@ class _QuantizedLinear(torch.autograd.Function):
 
 
 def quantize(weight: Tensor, *, group_size: int = 128, stochastic_round: bool = True, seed: int = 0,
-             bits: int = 8) -> QuantizedWeight:
+             bits: int = 8, compile: bool = False) -> QuantizedWeight:
     """``weight`` quantized (round to nearest) as a :class:`QuantizedWeight`, in its own dtype and
-    on its device."""
+    on its device; ``compile``: its kernels compiled (module docstring)."""
     _check_settings(bits, group_size)
     if weight.numel() % group_size:
         raise ValueError(f"a weight of shape {tuple(weight.shape)} ({weight.numel()} values) does not split "
                          f"into groups of {group_size}; choose a group_size that divides its size")
     if not weight.is_floating_point():
         raise ValueError(f"only floating-point weights are quantized, got dtype {weight.dtype}")
-    return QuantizedWeight(*encode(weight, group_size), weight.dtype, group_size, stochastic_round, seed)
+    return QuantizedWeight(*encode(weight, group_size), weight.dtype, group_size, stochastic_round, seed,
+                           compile=bool(compile))
 
 
 STATE_SUFFIXES = ("_codes", "_scale", "_low", "_seed")
@@ -299,7 +357,7 @@ def _load_state(module: nn.Module, state_dict: dict, prefix: str, *args) -> None
         if isinstance(param, QuantizedWeight) and key + "_codes" in state_dict:
             codes, scale, low, seed = (state_dict.pop(key + suffix) for suffix in STATE_SUFFIXES)
             state_dict[key] = QuantizedWeight(codes, scale, low, param.dtype, codes.numel() // scale.numel(),
-                                              param.stochastic_round, int(seed))
+                                              param.stochastic_round, int(seed), compile=param.compile)
 
 
 def _hook_state(module: nn.Module) -> None:
@@ -310,10 +368,10 @@ def _hook_state(module: nn.Module) -> None:
         module._int8_state_hooks = True
 
 
-def _parameter(param: Tensor, group_size: int, stochastic_round: bool, seed: int) -> nn.Parameter:
+def _parameter(param: Tensor, group_size: int, stochastic_round: bool, seed: int, compile: bool) -> nn.Parameter:
     """``param`` quantized, as a parameter that wants a gradient when ``param`` does."""
-    return nn.Parameter(quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round, seed=seed),
-                        requires_grad=param.requires_grad)
+    return nn.Parameter(quantize(param.detach(), group_size=group_size, stochastic_round=stochastic_round, seed=seed,
+                                 compile=compile), requires_grad=param.requires_grad)
 
 
 def _chosen(model: nn.Module, filter, group_size: int) -> list[tuple[nn.Module, str, str, Tensor]]:
@@ -354,14 +412,15 @@ def _check_seed(seed) -> None:
 
 
 def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, stochastic_round: bool = True,
-                     filter: Callable[[str, Tensor], bool] | None = None, seed: int = 0) -> list[str]:
+                     filter: Callable[[str, Tensor], bool] | None = None, seed: int = 0, *,
+                     compile: bool = False) -> list[str]:
     """Replace ``model``'s chosen weights by INT8 :class:`QuantizedWeight` parameters, in place;
     returns their names. ``filter(name, param)`` chooses (default the linear weights inside the
     model's blocks, :func:`zoo.filters.select_matrices`: the set ``zoo.create`` gives the low-rank
     group). Each weight's groups of ``group_size`` values get a
     scale and an offset; ``stochastic_round`` is how optimizers write updates back; the i-th
-    quantized weight's rounding noise is seeded with ``seed + i``. A weight shared by several
-    modules is quantized once. Refused: bits other than 8, a weight whose size is not a multiple
+    quantized weight's rounding noise is seeded with ``seed + i``; ``compile``: their kernels
+    compiled (module docstring). A weight shared by several modules is quantized once. Refused: bits other than 8, a weight whose size is not a multiple
     of ``group_size``, a filter that matches nothing, a weight that is quantized already."""
     _check_settings(bits, group_size)
     _check_seed(seed)
@@ -369,7 +428,7 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, sto
     seeds, done = _seeds(chosen, seed), {}
     for module, pname, _, param in chosen:
         if param not in done:
-            done[param] = _parameter(param, group_size, stochastic_round, seeds[param])
+            done[param] = _parameter(param, group_size, stochastic_round, seeds[param], compile)
         module._parameters[pname] = done[param]
         _hook_state(module)
     _mark_quantized(model, group_size, stochastic_round)
@@ -378,7 +437,8 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, sto
 
 def materialize_quantized(model: nn.Module, init: Callable[[nn.Module], None], device="cpu", *, bits: int = 8,
                           group_size: int = 128, stochastic_round: bool = True,
-                          filter: Callable[[str, Tensor], bool] | None = None, seed: int = 0) -> list[str]:
+                          filter: Callable[[str, Tensor], bool] | None = None, seed: int = 0,
+                          compile: bool = False) -> list[str]:
     """Give a model built on the ``meta`` device its weights one module at a time: each module
     that holds parameters or buffers is allocated on ``device``, initialised by ``init(module)``
     (in the order ``model.apply(init)`` calls it, so the random draws are the same) and its chosen
@@ -423,7 +483,7 @@ def materialize_quantized(model: nn.Module, init: Callable[[nn.Module], None], d
         init(module)
         for pname, weight_seed in by_module.get(module, ()):
             module._parameters[pname] = _parameter(module._parameters[pname], group_size, stochastic_round,
-                                                   weight_seed)
+                                                   weight_seed, compile)
             _hook_state(module)
     _mark_quantized(model, group_size, stochastic_round)
     return [full for _, _, full, _ in chosen]

@@ -5,7 +5,7 @@
         [--weights int8 | --weights bf16 [--kahan | --stochastic-round]] [--gpu-memory 80] --out DIR
     python -m analysis.memory measure --model 1B --optimizers adamw,apollo-mini,apollo-mini+layerwise \\
         [--dtype auto] --batch-size 1 --seq-len 256 [--weights int8] --out DIR
-    python -m analysis.memory demo [--model 7B] [--optimizer apollo-mini] [--steps 3] --out DIR
+    python -m analysis.memory demo [--model 7B] [--optimizer apollo-mini] [--steps 3] [--compile] --out DIR
 
 ``plan`` runs each step under FakeTensorMode (no memory used) and writes ``DIR/plan.csv``
 (:data:`analysis.memory.plan.PLAN_COLUMNS`; with ``--gpu-memory`` GiB, ``max_batch``, the largest
@@ -22,10 +22,12 @@ weight, with ``--stochastic-round`` none. GB = 10⁹ bytes.
 ``demo`` trains the papers' smallest-memory setting for real on this machine: LLaMA-7B built on
 the meta device and materialised and quantized one module at a time, INT8 weights, bf16 compute
 where this CPU runs bf16 faster than fp32, else fp32 (``--dtype``, :func:`zoo.precision.resolve`),
-per-layer updates, batch 1 of 256 tokens, on one repeated batch. It writes ``DIR/demo.csv``: the
-measured step (tracked peak by category, maximum resident memory, seconds per step, the loss of
-every step) and the planner's rows for the same setting, for float weights and for AdamW (which
-cannot run here).
+per-layer updates, batch 1 of 256 tokens, on one repeated batch; ``--compile``: the INT8
+weights' dequantization and requantization as compiled kernels (the same values). It writes
+``DIR/demo.csv``: the measured step (tracked peak by category, maximum resident memory, also as
+it stood after building the model, the first step, the tracked step and the timed steps, and the
+resident memory at the end; seconds per step, the loss of every step) and the planner's rows for
+the same setting, for float weights and for AdamW (which cannot run here).
 """
 from __future__ import annotations
 
@@ -96,6 +98,8 @@ def _parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     demo.add_argument("--lr", type=float_range(0, open_low=True), default=1e-3, help="learning rate, no warm-up")
     demo.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                       help="compute precision (auto: bf16 where this CPU runs it faster than fp32, zoo.precision)")
+    demo.add_argument("--compile", action="store_true", help="the INT8 weights' dequantization and requantization "
+                      "as compiled kernels (zoo.quantize_weights(compile=True); the tracked step runs the eager ones)")
     demo.add_argument("--out", type=Path, required=True, help="output folder")
     return parser, subs
 
@@ -123,21 +127,27 @@ def _settings(args) -> list[Setting]:
 def _demo_settings(args) -> list[Setting]:
     """The measured setting, then those planned beside it: float weights, AdamW."""
     measured = Setting(args.model, args.optimizer, resolve(args.dtype), args.batch_size, args.seq_len, layerwise=True,
-                       lr=args.lr, weights="int8")
-    return [measured, replace(measured, weights="float"), replace(measured, optimizer="adamw", weights="float"),
-            replace(measured, optimizer="adamw", weights="float", layerwise=False)]
+                       lr=args.lr, weights="int8", compile=args.compile)
+    floats = replace(measured, weights="float", compile=False)
+    return [measured, floats, replace(floats, optimizer="adamw"), replace(floats, optimizer="adamw", layerwise=False)]
 
 
 def demo(settings: list[Setting], steps: int) -> pd.DataFrame:
     """The first of ``settings`` measured (:func:`measured_row`, reported as it goes), then all of
     them planned; one frame, ``how`` saying which."""
     first = settings[0]
-    print(f"{host()}\nmeasuring {first.model} {first.optimizer}, INT8 weights, {first.dtype}, per-layer updates, "
+    kernels = "compiled" if first.compile else "eager"
+    print(f"{host()}\nmeasuring {first.model} {first.optimizer}, INT8 weights ({kernels} kernels), {first.dtype}, "
+          "per-layer updates, "
           f"batch {first.batch_size} x {first.seq_len} tokens, {steps + 2} steps on this machine's CPU ...", flush=True)
     measured = measured_row(first, steps)
     print(f"peak {measured['peak_gb']:.2f} GB tracked (planned {measured['planned_peak_gb']:.2f}), maximum resident "
           f"{measured['max_resident_gb']:.2f} GB; first step {measured['first_step_s']:.1f} s, then "
-          f"{measured['seconds_per_step']:.1f} s/step; losses {measured['losses']}\n", flush=True)
+          f"{measured['seconds_per_step']:.1f} s/step; losses {measured['losses']}", flush=True)
+    phases = [c for c in measured if c.startswith("max_resident_") and c != "max_resident_gb"]
+    print("maximum resident so far, GB: " + ", ".join(
+        f"{c.removeprefix('max_resident_').removesuffix('_gb').replace('_', ' ')} {measured[c]:.2f}" for c in phases)
+        + f"; resident at the end {measured['resident_at_end_gb']:.2f}\n", flush=True)
     planned = plan(settings, progress=True)
     return pd.concat([pd.DataFrame([measured]).assign(how="measured"), planned.assign(how="planned")],
                      ignore_index=True)

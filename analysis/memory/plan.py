@@ -37,7 +37,7 @@ from zoo.quantized import materialize_quantized
 from ..cli import track
 from ..models.llama import CONFIGS, Llama
 from .state import GB, GIB
-from .step import default_dtype, max_resident_bytes, measure_step, train_step
+from .step import default_dtype, max_resident_bytes, measure_step, resident_bytes, train_step
 
 __all__ = ["GB", "GIB", "DTYPES", "WEIGHTS", "Setting", "build", "llama_step", "row", "max_batch", "plan", "measure",
            "measured_row", "plot_plan", "PLAN_COLUMNS"]
@@ -74,6 +74,8 @@ class Setting:
     weights: str = "float"             # or "int8": the attention and MLP weights quantized; "bf16": pure bf16
     state_bits: int = 32               # 8 or 4: the optimizer states in blockwise codes (zoo.lowbit)
     rounding: str = "nearest"          # bf16 weights: or "stochastic", "kahan" (ROUNDINGS)
+    compile: bool = False              # INT8 weights: their (de)quantization kernels compiled (not planned: the
+                                       # plan and the tracked step run the eager kernels, zoo.quantized)
 
     def __post_init__(self):
         if self.model not in CONFIGS:
@@ -94,6 +96,8 @@ class Setting:
             raise ValueError(f"unknown rounding {self.rounding!r}; allowed: {', '.join(ROUNDINGS)}")
         if self.rounding != "nearest" and self.weights != "bf16":
             raise ValueError(f"rounding {self.rounding!r} is for bf16 weights (weights='bf16'), not {self.weights!r}")
+        if self.compile and self.weights != "int8":
+            raise ValueError(f"compile is for the kernels of INT8 weights (weights='int8'), not {self.weights!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -116,7 +120,7 @@ def build(setting: Setting):
         if setting.weights == "int8":
             with torch.device("meta"):
                 model = Llama(config, checkpointing=setting.checkpointing)
-            materialize_quantized(model, Llama._init_weights, "cpu", group_size=QUANT_GROUP)
+            materialize_quantized(model, Llama._init_weights, "cpu", group_size=QUANT_GROUP, compile=setting.compile)
         else:
             model = Llama(config, checkpointing=setting.checkpointing)
     optimizer = zoo.create(model, setting.optimizer, layerwise=setting.layerwise, **setting.optimizer_options())
@@ -193,20 +197,28 @@ def plan(settings, *, gpu_memory_gib: float | None = None, progress: bool = Fals
 
 
 def _measure(setting: Setting, steps: int) -> dict:
-    """In a fresh process (:func:`measure`): one step, the tracked step, then ``steps`` timed steps."""
+    """In a fresh process (:func:`measure`): one step, the tracked step, then ``steps`` timed steps;
+    the maximum resident bytes so far after each phase (``resident``: started, built, first step,
+    tracked step, timed steps) and the resident bytes at the end."""
+    resident = {"started": max_resident_bytes()}
     model, optimizer, batch = build(setting)
+    resident["built"] = max_resident_bytes()
     tick = time.perf_counter()
     losses = [train_step(model, optimizer, batch)]
     first = time.perf_counter() - tick
+    resident["first step"] = max_resident_bytes()
     frame = measure_step(model, optimizer, batch, warmup=0, losses=losses)
+    resident["tracked step"] = max_resident_bytes()
     times = []
     for _ in range(steps):
         tick = time.perf_counter()
         losses.append(train_step(model, optimizer, batch))
         times.append(time.perf_counter() - tick)
+    resident["timed steps"] = max_resident_bytes()
     return {"frame": frame, "max_resident_bytes": max_resident_bytes(), "first_step_seconds": first,
             "seconds_per_step": sum(times) / steps if steps else math.nan,
-            "losses": [loss.float().item() for loss in losses]}
+            "losses": [loss.float().item() for loss in losses], "resident": resident,
+            "resident_at_end_bytes": resident_bytes()}
 
 
 def measure(setting: Setting, steps: int = 2) -> dict:
@@ -227,7 +239,9 @@ def measured_row(setting: Setting, steps: int = 2) -> dict:
     return {**row(setting, result["frame"]), "planned_peak_gb": llama_step(setting)["at_peak"]["total"] / GB,
             "max_resident_gb": result["max_resident_bytes"] / GB, "first_step_s": result["first_step_seconds"],
             "seconds_per_step": result["seconds_per_step"],
-            "losses": " ".join(f"{loss:.4f}" for loss in result["losses"])}
+            "losses": " ".join(f"{loss:.4f}" for loss in result["losses"]),
+            **{f"max_resident_{phase.replace(' ', '_')}_gb": value / GB for phase, value in result["resident"].items()},
+            "resident_at_end_gb": result["resident_at_end_bytes"] / GB}
 
 
 def plot_plan(frame: pd.DataFrame, *, gpu_memory_gib: float | None = None, ax=None):

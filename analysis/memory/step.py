@@ -135,6 +135,13 @@ def max_resident_bytes() -> int:
     return kilobytes_or_bytes if sys.platform == "darwin" else kilobytes_or_bytes * 1024
 
 
+def resident_bytes() -> int:
+    """The process's resident set size now, in bytes."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 @contextmanager
 def default_dtype(dtype: torch.dtype):
     """Build modules directly in ``dtype`` (no float32 copy first; ``Module.to`` cannot convert
