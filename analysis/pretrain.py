@@ -445,7 +445,8 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     torch.manual_seed(seed)  # the same initial weights for every optimizer at this seed
     model = task.build_model().to(device)
     if cfg.weights == "int8":
-        zoo.quantize_weights(model)   # attention and MLP weights, groups of 128, stochastic rounding
+        # attention and MLP weights, groups of 128, stochastic rounding; compiled kernels when anything is
+        zoo.quantize_weights(model, compile=cfg.compile or cfg.compile_optimizer)
     elif cfg.weights == "bf16":
         model.to(torch.bfloat16)   # the seed's initial weights, rounded
     if cfg.fsdp:

@@ -74,6 +74,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .optimizers.base import ZooOptimizer
+from .optimizers.blocks import float_norm
 from .registry import info
 
 __all__ = ["PerLayer", "SpentGradient", "attach", "layerwise"]
@@ -280,8 +281,7 @@ class PerLayer:
             self._rehook()   # before the gradients of parameters whose hooks were lost arrive
         self._updated.add(param)
         grad = param.grad
-        norm = torch.linalg.vector_norm(grad, dtype=torch.float32 if grad.dtype in (torch.float16, torch.bfloat16)
-                                        else None)
+        norm = float_norm(grad)   # float32 at least, without a float32 copy of a bf16 gradient
         self._squares = norm.square() if self._squares is None else self._squares + norm.square()
         if self.clip_grad_norm is not None:
             whole = self._last_norm if self._last_norm is not None else norm * math.sqrt(self._numel() / param.numel())

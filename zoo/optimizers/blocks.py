@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from ..caution import mask_and_count
+from ..sharding import is_dtensor as _is_dtensor
 
 __all__ = ["add_", "addcmul_", "addcdiv_", "decay_", "l2", "ema_", "ema_sq_", "adam_moments_", "adam_denom", "bias_correction",
-           "apply_", "carry_nonfinite", "workspace", "into"]
+           "apply_", "carry_nonfinite", "workspace", "into", "float_norm"]
 
 _WORKSPACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("zoo_workspace", default=None)
 
@@ -124,6 +125,21 @@ def adam_moments_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tens
 def adam_denom(exp_avg_sq: Tensor, bias_correction2_sqrt, eps: float) -> Tensor:
     """Adam's denominator ``sqrt(v) / sqrt(1 - b2^t) + eps``, in the step's workspace (:func:`into`)."""
     return torch.sqrt(exp_avg_sq, **into(exp_avg_sq, "denom")).div_(bias_correction2_sqrt).add_(eps)
+
+
+NORM_CHUNK = 2**20
+
+
+def float_norm(x: Tensor) -> Tensor:
+    """The Frobenius norm of ``x``, accumulated in float32 at least (no overflow for float16), and
+    without a float32 copy of a bfloat16 or float16 ``x`` (``vector_norm(x, dtype=float32)`` makes
+    one): eagerly, the norm of the norms of its chunks of :data:`NORM_CHUNK` values (a DTensor, a
+    compiled step and a small or float32 tensor in one call)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    if dtype == x.dtype or x.numel() <= NORM_CHUNK or torch.compiler.is_compiling() or _is_dtensor(x):
+        return torch.linalg.vector_norm(x, dtype=dtype)
+    parts = x.reshape(-1).split(NORM_CHUNK)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(part, dtype=dtype) for part in parts]))
 
 
 def bias_correction(beta: float, step: int) -> float:

@@ -45,7 +45,7 @@ from ..projection import (channel_norm, effective_rank, gaussian, project, proje
                           next_seed, rows_kept, top_singular)
 from ..sharding import computed_once, is_dtensor, parameter_index, placed_as, reduced, replicated, zeros_along
 from .base import ZooOptimizer, as_float, check_betas, check_bool, check_range
-from .blocks import add_, addcmul_, apply_
+from .blocks import add_, addcmul_, apply_, float_norm
 
 __all__ = ["Apollo", "GaLore", "Fira", "lowrank_step"]
 
@@ -93,8 +93,9 @@ def _limit(norm: Tensor, update_norm: Tensor | None, first: bool, gamma: float |
 
 
 def _norm(x: Tensor) -> Tensor:
-    """The Frobenius norm, accumulated in at least float32 (no overflow for float16)."""
-    return torch.linalg.vector_norm(x, dtype=_norm_dtype(x))
+    """The Frobenius norm, accumulated in at least float32 (no overflow for float16), without a
+    float32 copy of a low-precision gradient (:func:`zoo.optimizers.blocks.float_norm`)."""
+    return float_norm(x)
 
 
 def _scaling(low: Tensor, proj_grad: Tensor, shape, channel: bool) -> Tensor:
