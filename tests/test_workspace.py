@@ -124,3 +124,22 @@ def test_a_low_precision_norm_is_taken_in_float32_without_a_float32_copy():
     assert abs(norm.item() - exact) <= abs(single - exact)
     small = torch.randn(100, dtype=torch.bfloat16)   # one call, as before
     assert torch.equal(blocks.float_norm(small), torch.linalg.vector_norm(small, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("method", ["add_", "addcmul_", "addcdiv_"])
+def test_a_float32_tensor_updated_by_bfloat16_operands_in_chunks_takes_the_mixed_kernel_values(method):
+    """The blocks' in-place updates of a float32 tensor (the working copy of a bf16 weight rounded
+    stochastically, or of an INT8 weight) by bfloat16 operands go by chunks converted to float32:
+    equal to torch's mixed-dtype kernel, to the bit, also with a 0-d multiplier."""
+    torch.manual_seed(0)
+    n = 2 * blocks.MIXED_CHUNK + 3
+    x = torch.randn(n)
+    a = torch.randn(n, dtype=torch.bfloat16)
+    b = torch.rand(n, dtype=torch.bfloat16).add_(0.5)
+    fn = {"add_": lambda t: blocks.add_(t, a, -0.3),
+          "addcmul_": lambda t: blocks.addcmul_(t, a, torch.tensor(0.7), -0.3),
+          "addcdiv_": lambda t: blocks.addcdiv_(t, a, b, -0.3)}[method]
+    direct = {"add_": lambda t: t.add_(a, alpha=-0.3),
+              "addcmul_": lambda t: t.addcmul_(a, torch.tensor(0.7), value=-0.3),
+              "addcdiv_": lambda t: t.addcdiv_(a, b, value=-0.3)}[method]
+    assert torch.equal(fn(x.clone()), direct(x.clone()))

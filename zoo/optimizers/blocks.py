@@ -74,17 +74,49 @@ def into(like: Tensor, purpose: str, *others: Tensor) -> dict:
 
 def add_(x: Tensor, y: Tensor, alpha) -> Tensor:
     """``x += alpha * y``."""
-    return x.add_(y * alpha) if isinstance(alpha, Tensor) else x.add_(y, alpha=alpha)
+    return x.add_(y * alpha) if isinstance(alpha, Tensor) else _in_place(x, "add_", y, alpha=alpha)
 
 
 def addcmul_(x: Tensor, a: Tensor, b: Tensor, value) -> Tensor:
     """``x += value * a * b``."""
-    return x.add_(a * b * value) if isinstance(value, Tensor) else x.addcmul_(a, b, value=value)
+    return x.add_(a * b * value) if isinstance(value, Tensor) else _in_place(x, "addcmul_", a, b, value=value)
 
 
 def addcdiv_(x: Tensor, a: Tensor, b: Tensor, value) -> Tensor:
     """``x += value * a / b``."""
-    return x.add_(a / b * value) if isinstance(value, Tensor) else x.addcdiv_(a, b, value=value)
+    return x.add_(a / b * value) if isinstance(value, Tensor) else _in_place(x, "addcdiv_", a, b, value=value)
+
+
+MIXED_CHUNK = 2**20
+
+
+def _in_place(x: Tensor, method: str, *operands, **kwargs) -> Tensor:
+    """``x.<method>(*operands, **kwargs)``. Where ``x`` is float32 and an operand of its size is not
+    (a bfloat16 gradient or state updating the float32 copy of a bf16 parameter rounded
+    stochastically, or of an INT8 weight), eagerly by chunks of :data:`MIXED_CHUNK` values whose
+    operands are converted to ``x``'s dtype first: the same values (the mixed-dtype kernel computes
+    in float32 too), without its unvectorised path (6x slower on a CPU)."""
+    mixed = [o for o in operands if isinstance(o, Tensor) and o.dim() > 0 and o.dtype != x.dtype]
+    if (not mixed or x.numel() <= MIXED_CHUNK or torch.compiler.is_compiling() or type(x) is not Tensor
+            or not x.is_contiguous()
+            or any(type(o) is not Tensor or o.shape != x.shape or not o.is_contiguous() for o in mixed)):
+        return getattr(x, method)(*operands, **kwargs)
+    flat = x.view(-1)
+    flats = [o.view(-1) if isinstance(o, Tensor) and o.dim() > 0 else o for o in operands]
+    buffers = torch.empty(len(mixed), MIXED_CHUNK, dtype=x.dtype, device=x.device)
+    for start in range(0, flat.numel(), MIXED_CHUNK):
+        stop = min(start + MIXED_CHUNK, flat.numel())
+        parts, used = [], 0
+        for o in flats:
+            if isinstance(o, Tensor) and o.dim() > 0:
+                part = o[start:stop]
+                if part.dtype != x.dtype:
+                    part = buffers[used, : stop - start].copy_(part)
+                    used += 1
+                o = part
+            parts.append(o)
+        getattr(flat[start:stop], method)(*parts, **kwargs)
+    return x
 
 
 def decay_(param: Tensor, lr, weight_decay: float) -> None:
