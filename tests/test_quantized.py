@@ -171,16 +171,22 @@ def test_every_optimizer_updates_a_quantized_weight_as_a_float_one_then_rounds(n
             assert fractions[0] == fractions[1] or fractions.isnan().all()   # nan: nothing masked yet
 
 
+@pytest.mark.parametrize("state_bits", [32, 8])
 @pytest.mark.parametrize("name", zoo.names())
-def test_a_bfloat16_quantized_weight_is_updated_in_float32_and_keeps_small_updates(name):
+def test_a_bfloat16_quantized_weight_is_updated_in_float32_and_keeps_small_updates(name, state_bits):
     """An INT8 weight of compute dtype bfloat16, near 1 (bf16 gap 2^-7, the INT8 step of its groups
     about 2e-4): its update is made in float32 and rounded once, to the codes. Over 30 steps of
-    lr 1e-4 it moves as the float32 INT8 weight of the same codes and gradients (within 10 %; a
-    bfloat16 working copy would round every update away), and its states have the dtypes of a
-    bfloat16 weight's rounded stochastically (Schedule-Free's z in float32: the master copy)."""
+    lr 1e-4 it moves as the float32 INT8 weight of the same codes and gradients (as far within 10 %,
+    the same way within a cosine of 0.99: its states are bf16, so the two differ, most with Muon's
+    orthogonalised 8-bit momentum, 10 % of the move; a bfloat16 working copy moved it 10-30 % of
+    the way), and its states have the dtypes of a
+    bfloat16 weight's rounded stochastically (Schedule-Free's z in float32: the master copy); also
+    with 8-bit states (dequantized in the compute dtype, as a bf16 weight's)."""
     torch.manual_seed(0)
     start = 1 + 0.01 * torch.randn(16, 256)
-    options = {"lr": 1e-4}
+    options = {"lr": 1e-4, "state_bits": state_bits}
+    if state_bits == 8 and name == "adafactor":   # refused: nothing full-size (tests/test_lowbit.py)
+        options["beta1"] = 0.9
     if zoo.info(name).low_rank and "rank" not in zoo.info(name).fixed:
         options["rank"] = 4
     moves, states = {}, {}
@@ -202,9 +208,10 @@ def test_a_bfloat16_quantized_weight_is_updated_in_float32_and_keeps_small_updat
     opt.step()
     assert states[torch.bfloat16] == {k: v.dtype for k, v in opt.state[plain].items()
                                       if torch.is_tensor(v) and v.dim() > 0}
-    reference = moves[torch.float32].norm()
-    assert reference > 0
-    assert (moves[torch.bfloat16] - moves[torch.float32]).norm() < 0.1 * reference
+    reference, move = moves[torch.float32].flatten(), moves[torch.bfloat16].flatten()
+    assert reference.norm() > 0
+    assert abs(move.norm() / reference.norm() - 1) < 0.1   # as far (a bf16 working copy: 10-30 % of it)
+    assert torch.nn.functional.cosine_similarity(move, reference, dim=0) > 0.99   # the same way
 
 
 class Net(nn.Module):

@@ -622,7 +622,7 @@ class ZooOptimizer(Optimizer):
         rounded = (group["stochastic_round"] or group["kahan"]) and _low_precision(param)
         target = param.float() if rounded else param
         if slots:
-            fn, tensors = lowbit.quantized_step(fn, slots, bits, param.dtype), (*tensors, *extra)
+            fn, tensors = lowbit.quantized_step(fn, slots, bits, self._state_dtype(param)), (*tensors, *extra)
         count = self._call(fn, target, tensors, scalars, settings)
         if count is not None:
             self._aligned_counts.append((count, param.numel()))
