@@ -36,7 +36,8 @@ def test_allocator_both_is_refused_without_glibc(monkeypatch, capsys):
 
 def test_refresh_measurement_tiny(capsys):
     bench.main(["step", "--shape", "8x16", "--count", "2", "--rounds", "1", "--steps", "1",
-                "--only", "galore", "--copy-mb", "4", "--allocator", "default", "--refresh-gap", "2", "--refresh-steps", "4"])
+                "--only", "galore", "--copy-mb", "4", "--allocator", "default", "--refresh-gap", "2",
+                "--refresh-steps", "4"])
     out = capsys.readouterr().out
     assert "projection refresh" in out and "galore" in out.split("projection refresh")[1]
 

@@ -34,7 +34,8 @@ class FreshResults(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
         self.count += sum(isinstance(t, torch.Tensor) and t.numel() >= self.numel
                           and t.untyped_storage().data_ptr() not in inputs for t in tree_flatten(out)[0])
         return out

@@ -420,8 +420,9 @@ def quantize_weights(model: nn.Module, bits: int = 8, group_size: int = 128, sto
     group). Each weight's groups of ``group_size`` values get a
     scale and an offset; ``stochastic_round`` is how optimizers write updates back; the i-th
     quantized weight's rounding noise is seeded with ``seed + i``; ``compile``: their kernels
-    compiled (module docstring). A weight shared by several modules is quantized once. Refused: bits other than 8, a weight whose size is not a multiple
-    of ``group_size``, a filter that matches nothing, a weight that is quantized already."""
+    compiled (module docstring). A weight shared by several modules is quantized once. Refused:
+    bits other than 8, a weight whose size is not a multiple of ``group_size``, a filter that
+    matches nothing, a weight that is quantized already."""
     _check_settings(bits, group_size)
     _check_seed(seed)
     chosen = _chosen(model, filter, group_size)

@@ -198,7 +198,8 @@ class _LowRankAdamW(ZooOptimizer):
             if group["norm_growth_limit"] is not None and self.method != "galore":
                 state["update_norm"] = replicated(torch.zeros((), dtype=_norm_dtype(p), device=p.device), p)
         for key in ("exp_avg", "exp_avg_sq"):
-            self._zeros(state, key, p, group["state_bits"], shape, zeros=lambda: zeros_along(p, shape, self._state_dtype(p)))
+            self._zeros(state, key, p, group["state_bits"], shape,
+                        zeros=lambda: zeros_along(p, shape, self._state_dtype(p)))
 
     def _index(self, p: Tensor) -> int:
         """The 1-based index that seeds ``p``'s projection, as the reference: the one
