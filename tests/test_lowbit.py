@@ -6,6 +6,8 @@ updates and INT8 weights compose; compiled steps agree with eager ones."""
 import copy
 import io
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -303,8 +305,8 @@ def test_eager_steps_quantize_a_large_tensor_in_chunks_with_the_same_codes(monke
     """Eager quantization goes CHUNK values at a time (bounded temporaries): the same codes and
     absmax as the whole tensor at once, partial last chunk and block included."""
     gen = torch.Generator().manual_seed(2)
-    values = torch.randn(37, 1000, generator=gen)
-    for bits, signed in [(8, True), (8, False), (4, True), (4, False)]:
+    for values, bits, signed in itertools.product([torch.randn(37, 1000, generator=gen), torch.randn(8, 2048, generator=gen)],
+                                                  [8, 4], [True, False]):   # blocks across rows, and along them
         x = values if signed else values**2
         whole = lowbit.quantize(x, bits, signed)
         monkeypatch.setattr(lowbit, "CHUNK", 2**12)
@@ -312,3 +314,27 @@ def test_eager_steps_quantize_a_large_tensor_in_chunks_with_the_same_codes(monke
         assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
         assert torch.equal(lowbit.dequantize(*whole, bits, signed), lowbit.dequantize(*chunked, bits, signed))
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("shape", [(8, 2048), (37, 1000)])
+def test_compiled_quantization_equals_the_eager_one(shape):
+    """The compiled lookups (gathers without bounds checks; blocks along the last dimension where
+    it holds whole blocks) give the eager codes, absmax and values to the bit."""
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(shape, generator=gen) * torch.rand(shape[0], 1, generator=gen)
+    for bits, signed in [(8, True), (8, False), (4, True), (4, False)]:
+        x = values if signed else values**2
+        step = lowbit.quantized_step(_roundtrip, ((0, signed),), bits, torch.float32)
+        codes, absmax = lowbit.quantize(x, bits, signed)
+        half = lowbit.dequantize(codes, absmax, bits, signed) * 0.5
+        expected = lowbit.quantize(half, bits, signed)
+        compiled = torch.compile(step, fullgraph=True, options=step.compile_options)
+        out = torch.empty(shape)
+        compiled(out, codes, absmax, *lowbit.tables(bits, signed, "cpu"))
+        assert torch.equal(codes, expected[0]) and torch.equal(absmax, expected[1])
+        assert torch.equal(out, half)
+
+
+def _roundtrip(out, state):
+    state.mul_(0.5)
+    out.copy_(state)

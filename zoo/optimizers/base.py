@@ -772,7 +772,7 @@ def compiled(fn, settings: dict):
     if key not in _COMPILED:
         copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
         copy.__kwdefaults__ = fn.__kwdefaults__
-        _COMPILED[key] = torch.compile(copy, fullgraph=True)
+        _COMPILED[key] = torch.compile(copy, fullgraph=True, options=getattr(fn, "compile_options", None))
     return _COMPILED[key]
 
 
