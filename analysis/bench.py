@@ -1,9 +1,12 @@
 """Benchmarks of the zoo's optimizers on this machine: ``python -m analysis.bench <command>``.
 
-``train``: the time of a whole training step of a byte-level LLaMA, per optimizer, in the ordinary
-loop against per-layer updates (``zoo.layerwise``) and bf16 autocast (see :func:`train_table`)::
+``train``: the time of a whole training step of a LLaMA (byte tokens, or ``--vocab-size``), per
+optimizer, in the ordinary loop against per-layer updates (``zoo.layerwise``) and bf16 autocast (see
+:func:`train_table`); with ``--hf``, the repository's model against HF transformers'
+``LlamaForCausalLM`` of the same configuration, tokens/s side by side::
 
     python -m analysis.bench train --model 60M --optimizers adamw,apollo-mini
+    python -m analysis.bench train --model 60M --vocab-size 32000 --optimizers adamw --variants fp32,bf16 --hf
 
 ``step``: the time of one ``optimizer.step()``, against ``torch.optim.AdamW`` and the memory roofline,
 and for the low-rank optimizers the cost of the steps that refresh their projection::
@@ -366,45 +369,79 @@ def kept_allocator_times(argv: list[str]) -> pd.Series:
 TRAIN_VARIANTS = {"fp32": (False, False), "bf16": (False, True), "layerwise": (True, False),
                   "layerwise-bf16": (True, True)}
 """Training-step variants: name -> (per-layer updates, bf16 autocast)."""
+TRAIN_MODELS = ("ours", "hf")
+"""The models of ``train``: ``ours`` is :class:`analysis.models.llama.Llama`, ``hf`` transformers'
+``LlamaForCausalLM`` of the same configuration (:func:`analysis.models.hf.llama_config_for`)."""
+
+
+def train_model(kind: str, config: llama.LlamaConfig, seed: int) -> torch.nn.Module:
+    """The model ``kind`` of :data:`TRAIN_MODELS` for ``config``, both with the weights that
+    ``Llama(config)`` draws after ``torch.manual_seed(seed)`` (copied into HF's by name); both take
+    ``model(inputs, targets) -> (logits, loss)``."""
+    torch.manual_seed(seed)
+    ours = llama.Llama(config)
+    if kind == "ours":
+        return ours
+    from .models import hf
+    model = hf.causal_lm(hf.llama_config_for(config), config.vocab_size, config.max_seq_len)
+    model.model.load_state_dict({(k if k.startswith("lm_head") else f"model.{k}"): v
+                                 for k, v in ours.state_dict().items()})
+    return model
 
 
 def train_table(size: str, names: list[str], variants: list[str], batch_size: int, seq_len: int, rounds: int,
-                steps: int, warmup: int, seed: int = 0) -> pd.DataFrame:
+                steps: int, warmup: int, seed: int = 0, vocab_size: int = 256,
+                models: tuple[str, ...] = ("ours",)) -> pd.DataFrame:
     """Seconds of one training step (forward, backward, optimizer; ``zero_grad``) of the LLaMA
-    ``size`` with byte tokens, for every optimizer and variant (:data:`TRAIN_VARIANTS`): each pair
-    has its own model from the same initial weights and steps on the same batch; the pairs are
-    timed in ``rounds`` rounds of ``steps`` steps, in a fresh random order each round (after
-    ``warmup`` untimed steps each), and the median is reported with its ratio to the same
-    optimizer's first variant. Low-rank optimizers get a quarter of the width as rank."""
-    config = replace(llama.CONFIGS[size], max_seq_len=max(seq_len, llama.CONFIGS[size].max_seq_len))
+    ``size`` with ``vocab_size`` tokens (256: bytes), for every model (:data:`TRAIN_MODELS`),
+    optimizer and variant (:data:`TRAIN_VARIANTS`): each has its own model from the same initial
+    weights and steps on the same batch by the same loop; they are timed in ``rounds`` rounds of
+    ``steps`` steps, in a fresh random order each round (after ``warmup`` untimed steps each), and
+    the median is reported as ms/step and tokens/s (batch_size * seq_len / seconds), with its ratio
+    to the same model and optimizer's first variant and, with both models, ``ours / hf``: ours'
+    tokens/s over HF's for the same optimizer and variant (on both rows). Low-rank optimizers get
+    a quarter of the width as rank."""
+    base = llama.CONFIGS[size]
+    config = replace(base, vocab_size=vocab_size, max_seq_len=max(seq_len, base.max_seq_len))
     tokens = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(seed))
     steps_of = {}
-    for name in names:
-        for variant in variants:
-            per_layer, bf16 = TRAIN_VARIANTS[variant]
-            torch.manual_seed(seed)
-            model = llama.Llama(config)
-            rank = {"rank": config.dim // 4} if zoo.info(name).low_rank and "rank" not in zoo.info(name).fixed else {}
-            opt = zoo.create(model, name, layerwise=per_layer, **rank)
+    for kind in models:
+        for name in names:
+            for variant in variants:
+                per_layer, bf16 = TRAIN_VARIANTS[variant]
+                model = train_model(kind, config, seed)
+                rank = {"rank": config.dim // 4} if zoo.info(name).low_rank and "rank" not in zoo.info(name).fixed \
+                    else {}
+                opt = zoo.create(model, name, layerwise=per_layer, **rank)
 
-            def train_step(model=model, opt=opt, bf16=bf16):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = model(tokens, tokens)[1]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            steps_of[(name, variant)] = train_step
+                def train_step(model=model, opt=opt, bf16=bf16):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        loss = model(tokens, tokens)[1]
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                steps_of[(kind, name, variant)] = train_step
     times: dict = {key: [] for key in steps_of}
     order, shuffle = list(steps_of), random.Random(seed).shuffle
     for _ in track(range(rounds), "rounds"):
         shuffle(order)
         for key in order:
             times[key].append(seconds_per_call(steps_of[key], warmup, steps))
-    rows = [{"optimizer": name, "variant": variant, "ms/step": 1e3 * statistics.median(times[(name, variant)])}
-            for name in names for variant in variants]
+    rows = []
+    for name in names:
+        for variant in variants:
+            for kind in models:
+                sec = statistics.median(times[(kind, name, variant)])
+                rows.append({"model": kind, "optimizer": name, "variant": variant, "ms/step": 1e3 * sec,
+                             "tokens/s": batch_size * seq_len / sec})
     table = pd.DataFrame(rows)
-    first = table.groupby("optimizer")["ms/step"].transform("first")
-    return table.assign(**{f"x {variants[0]}": table["ms/step"] / first})
+    first = table.groupby(["model", "optimizer"])["ms/step"].transform("first")
+    table[f"x {variants[0]}"] = table["ms/step"] / first
+    if set(models) == set(TRAIN_MODELS):
+        ours = table[table["model"] == "ours"].set_index(["optimizer", "variant"])["tokens/s"]
+        theirs = table[table["model"] == "hf"].set_index(["optimizer", "variant"])["tokens/s"]
+        table["ours / hf"] = (ours / theirs).loc[list(zip(table["optimizer"], table["variant"]))].to_numpy()
+    return table
 
 
 def train_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFrame:
@@ -412,10 +449,17 @@ def train_command(args: argparse.Namespace, parser: ArgumentParser) -> pd.DataFr
         names = [zoo.info(n).name for n in args.optimizers.split(",") if n.strip()]
         if not names:
             raise ValueError("--optimizers names no optimizer; give comma-separated registry names")
+    models = TRAIN_MODELS if args.hf else ("ours",)
     table = train_table(args.model, names, list(args.variants), args.batch_size, args.seq_len, args.rounds,
-                        args.steps, args.warmup)
-    print(f"{host()}\nLLaMA {args.model} (byte tokens), batch {args.batch_size} x {args.seq_len}, fp32 weights, "
-          f"{args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), medians\n")
+                        args.steps, args.warmup, vocab_size=args.vocab_size, models=models)
+    tokens = "byte tokens" if args.vocab_size == 256 else f"vocabulary {args.vocab_size}"
+    print(f"{host()}\nLLaMA {args.model} ({tokens}), batch {args.batch_size} x {args.seq_len}, fp32 weights, "
+          f"{args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), medians")
+    if args.hf:
+        import transformers
+        print("ours: analysis.models.llama.Llama; hf: transformers " + transformers.__version__ +
+              " LlamaForCausalLM of the same configuration and initial weights; ours / hf: tokens/s ratio")
+    print()
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return table
 
@@ -451,8 +495,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                            "blocks mapped (MALLOC_MMAP_THRESHOLD_), columns 'ms kept' and 'default / kept'; "
                            "default: only this process as started")
     step.set_defaults(run=step_command)
-    train = commands.add_parser("train", help="time training steps: ordinary, per-layer updates, bf16 autocast")
-    train.add_argument("--model", choices=("tiny", "60M", "130M"), default="60M", help="LLaMA size (byte tokens)")
+    train = commands.add_parser("train", help="time training steps: ordinary, per-layer updates, bf16 autocast; "
+                                "with --hf against HF transformers' LlamaForCausalLM")
+    train.add_argument("--model", choices=("tiny", "60M", "130M"), default="60M", help="LLaMA size")
+    train.add_argument("--vocab-size", type=integer(2), default=256,
+                       help="vocabulary of the model and the random tokens (256: bytes, the default; 32000: the "
+                            "papers' BPE)")
+    train.add_argument("--hf", action="store_true",
+                       help="also time HF transformers' LlamaForCausalLM of the same configuration and initial "
+                            "weights (rows 'hf' beside 'ours', analysis.models.llama.Llama), same loop, optimizer, "
+                            "batch and variants, and their tokens/s ratio (column 'ours / hf')")
     train.add_argument("--optimizers", default="adamw,apollo-mini", help="comma-separated zoo names")
     train.add_argument("--variants", type=choice_list(tuple(TRAIN_VARIANTS)), default=("fp32", "layerwise", "bf16"),
                        help=f"comma-separated, the first is the reference: {', '.join(TRAIN_VARIANTS)}")

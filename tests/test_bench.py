@@ -1,5 +1,6 @@
 """Smoke test of the step benchmark on a tiny workload."""
 import pytest
+import torch
 
 from analysis import bench
 
@@ -49,6 +50,27 @@ def test_training_step_benchmark_tiny(capsys):
     assert list(table["variant"]) == ["fp32", "layerwise", "layerwise-bf16"] * 2
     assert (table["ms/step"] > 0).all() and (table.loc[table["variant"] == "fp32", "x fp32"] == 1).all()
     assert "LLaMA tiny" in capsys.readouterr().out
+
+
+def test_training_step_benchmark_against_hf_tiny(capsys):
+    """--hf: the repository's LLaMA and HF's LlamaForCausalLM of the same configuration side by side,
+    tokens/s of each and their ratio; --vocab-size sets the vocabulary."""
+    table = bench.main(["train", "--model", "tiny", "--optimizers", "adamw", "--variants", "fp32", "--hf",
+                        "--vocab-size", "300", "--rounds", "1", "--steps", "1", "--batch-size", "2", "--seq-len", "16"])
+    assert list(table["model"]) == ["ours", "hf"]
+    assert (table["tokens/s"] > 0).all()
+    ratio = table.loc[0, "tokens/s"] / table.loc[1, "tokens/s"]
+    assert table["ours / hf"].tolist() == pytest.approx([ratio, ratio])
+    out = capsys.readouterr().out
+    assert "LLaMA tiny (vocabulary 300)" in out and "LlamaForCausalLM" in out and "ours / hf" in out
+
+
+def test_training_models_start_from_the_same_weights():
+    config = bench.llama.CONFIGS["tiny"]
+    tokens = torch.randint(0, config.vocab_size, (2, 16))
+    ours, hf = (bench.train_model(kind, config, seed=3) for kind in bench.TRAIN_MODELS)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens, tokens)[1], ours(tokens, tokens)[1])
 
 
 def test_step_benchmark_compiled_rows_tiny(capsys):

@@ -1,5 +1,6 @@
 """The model files: LLaMA against HF transformers' Llama, names and shapes against
-zoo.memory.llama_shapes; the masked autoencoder's masking, target and loss."""
+zoo.memory.llama_shapes; HF causal LMs built from a config (analysis.models.hf); the masked
+autoencoder's masking, target and loss."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,12 +9,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig as HFLlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, LlamaConfig as HFLlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
 import zoo
 from analysis.models import LLAMA_CONFIGS, MAE, MAE_CONFIGS, Llama, LlamaConfig, MAEConfig
+from analysis.models.hf import build_causal_lm, llama_config_for
 from analysis.models.mae import patchify
+from zoo.filters import select_matrices
 from zoo.memory import llama_shapes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,6 +131,89 @@ def test_llama_rejects_bad_configs_and_long_sequences():
         LlamaConfig(dim=60, n_heads=4)
     with pytest.raises(ValueError, match="max_seq_len"):
         Llama(SMALL)(torch.zeros(1, SMALL.max_seq_len + 1, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- HF transformers models from a config
+
+HF_CONFIGS = {
+    "llama": lambda: HFLlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, max_position_embeddings=8),
+    "gpt2": lambda: GPT2Config(vocab_size=1000, n_embd=32, n_layer=2, n_head=2, n_positions=8),
+}
+HF_MATRICES = {"llama": [f"model.model.layers.{i}.{m}.{p}_proj.weight" for i in range(2)
+                         for m, ps in (("self_attn", "qkvo"), ("mlp", ("gate", "up", "down"))) for p in ps],
+               "gpt2": [f"model.transformer.h.{i}.{w}.weight" for i in range(2)
+                        for w in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]}
+
+
+@pytest.mark.parametrize("kind", list(HF_CONFIGS))
+@pytest.mark.parametrize("as_file", [False, True])
+def test_hf_causal_lm_from_a_config(tmp_path, kind, as_file):
+    """Built from a saved config (folder or config.json) with the tokens' vocabulary and a position
+    limit raised to the sequence length; Llama's forward: (logits, mean next-token cross-entropy)."""
+    HF_CONFIGS[kind]().save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = build_causal_lm(str(tmp_path / "config.json" if as_file else tmp_path), vocab_size=67, max_seq_len=16)
+    assert model.model.config.vocab_size == 67 and model.model.config.max_position_embeddings == 16
+    assert next(model.parameters()).dtype == torch.float32
+    idx, targets = torch.randint(0, 67, (2, 2, 16))
+    targets[0, -1] = -100
+    logits, loss = model(idx, targets)
+    assert logits.shape == (2, 16, 67) and loss.shape == ()
+    torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, 67), targets.reshape(-1)))
+    assert model(idx)[1] is None
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kind", list(HF_CONFIGS))
+def test_hf_causal_lm_matrices_for_zoo(tmp_path, kind):
+    """zoo's selection through the wrapper: the attention and MLP matrices (GPT-2's Conv1D too),
+    not embeddings or head; quantize_weights quantizes exactly those and the model still runs."""
+    HF_CONFIGS[kind]().save_pretrained(tmp_path)
+    model = build_causal_lm(str(tmp_path), vocab_size=64, max_seq_len=8)
+    assert list(select_matrices(model).matrices) == HF_MATRICES[kind]
+    groups = {g["name"]: g["param_names"] for g in zoo.create(model, "apollo-mini", lr=1e-3).param_groups}
+    assert groups["low_rank"] == HF_MATRICES[kind]
+    assert zoo.quantize_weights(model, group_size=16) == HF_MATRICES[kind]
+    logits, loss = model(torch.randint(0, 64, (1, 8)), torch.randint(0, 64, (1, 8)))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("size", ["tiny", "60M"])
+def test_llama_config_for_gives_hf_the_same_parameters(size):
+    cfg = LLAMA_CONFIGS[size]
+    ours, theirs = Llama(cfg), LlamaForCausalLM(llama_config_for(cfg))
+    assert ours.num_params() == sum(p.numel() for p in theirs.parameters())
+    assert {(k if k.startswith("lm_head") else f"model.{k}"): tuple(p.shape) for k, p in ours.named_parameters()} \
+        == {k: tuple(p.shape) for k, p in theirs.named_parameters()}
+
+
+def test_llama_config_for_gives_hf_the_same_function():
+    """HF's model of llama_config_for(cfg) with the weights of Llama(cfg) computes the same logits."""
+    torch.manual_seed(0)
+    ours = Llama(SMALL)
+    theirs = LlamaForCausalLM(llama_config_for(SMALL))
+    theirs.load_state_dict({(k if k.startswith("lm_head") else f"model.{k}"): v for k, v in ours.state_dict().items()})
+    idx = torch.randint(0, SMALL.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=idx).logits, ours(idx)[0], rtol=2e-5, atol=2e-5)
+
+
+def test_hf_causal_lm_bad_specs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "t5.json").write_text('{"model_type": "t5"}')
+    for spec, match in [(tmp_path / "missing", "no such folder or file"), ("missing/config.json", "no such folder"),
+                        (tmp_path / "empty", "no config.json"), (tmp_path / "broken.json", "not a transformers config"),
+                        (tmp_path / "t5.json", "'t5' config, which is not a causal language model")]:
+        with pytest.raises(ValueError, match=match):
+            build_causal_lm(str(spec), vocab_size=64, max_seq_len=8)
+    HF_CONFIGS["llama"]().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="vocab_size and max_seq_len"):
+        build_causal_lm(str(tmp_path), vocab_size=0, max_seq_len=8)
 
 
 # ---------------------------------------------------------------- MAE
