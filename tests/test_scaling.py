@@ -1,11 +1,14 @@
 """analysis/scaling.py: the width study's driver on a minimal setting (two tiny widths, 4 steps)."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
 import zoo
 from analysis import pretrain, scaling
+from analysis.models.llama import CONFIGS as LLAMA_CONFIGS, Llama
 
 TINY = ["--widths", "32,64", "--tokens", "512", "--batch-size", "4", "--seq-len", "32", "--seeds", "0,1",
         "--no-progress"]
@@ -90,6 +93,8 @@ def test_an_interrupted_study_reads_its_runs_back(tiny_study, monkeypatch):
     (["--lr-factors", "1,-3"], "positive numbers"),
     (["--lr-factors", "a"], "positive numbers"),
     (["--dtype", "fp16"], "invalid choice"),
+    (["--tokens", "100000", "--tokens-per-param", "1"], "two budgets: give one"),
+    (["--tokens-per-param", "0"], "expected a number in (0, inf]"),
 ])
 def test_bad_settings_are_one_line_usage_errors(capsys, argv, match):
     with pytest.raises(SystemExit) as exit_:
@@ -103,3 +108,42 @@ def test_variants_name_a_registered_optimizer():
     for label, (name, options) in scaling.VARIANTS.items():
         assert name in zoo.names() and label not in zoo.names()
         assert options(256) == {"scale": 256.0}
+
+
+def test_parameters_are_counted_in_full_as_the_readme_does():
+    """Embedding and lm_head included: the README's 0.86M at width 128, and its default budget of
+    about 0.7 tokens per parameter at width 128 and 0.05 at 512."""
+    assert scaling.n_params(128) == Llama(LLAMA_CONFIGS["tiny"]).num_params() == 857_216
+    assert round(scaling.TOKENS / scaling.n_params(128), 1) == 0.7
+    assert round(scaling.TOKENS / scaling.n_params(512), 2) == 0.05
+
+
+def test_tokens_per_parameter_sets_each_widths_steps(tmp_path, monkeypatch):
+    calls = []
+    train = pretrain.train
+
+    def recording(cfg, task, name, seed):
+        calls.append((task.model_config.dim, Llama(task.model_config).num_params(), cfg.steps))
+        return train(cfg, task, name, seed)
+
+    monkeypatch.setattr(pretrain, "train", recording)
+    scaling.main(["--widths", "32,64", "--tokens-per-param", "0.005", "--batch-size", "4", "--seq-len", "32",
+                  "--seeds", "0", "--lr-factors", "1", "--optimizers", "adamw", "--no-progress",
+                  "--out", str(tmp_path)])
+    expected = {w: math.ceil(0.005 * scaling.n_params(w) / (4 * 32)) for w in (32, 64)}
+    assert expected == {32: 3, 64: 10}
+    assert [(dim, steps) for dim, _, steps in calls] == list(expected.items())
+    assert all(params == scaling.n_params(dim) for dim, params, _ in calls)
+    runs = pd.read_csv(tmp_path / "scaling.csv").set_index("width")
+    assert runs["steps"].to_dict() == expected
+    assert runs["tokens_per_param"].to_dict() == pytest.approx({w: expected[w] * 128 / scaling.n_params(w)
+                                                                for w in (32, 64)})
+    text = (tmp_path / "summary.md").read_text()
+    assert "3 steps at width 32, 10 steps at width 64 of 4 x 32 tokens (0.005 tokens per parameter)" in text
+    assert "tokens/param" in text
+    # the same --out with another budget: its runs are not mixed in, the study says to use another --out
+    with pytest.raises(SystemExit) as exit_info:
+        scaling.main(["--widths", "32,64", "--tokens-per-param", "0.01", "--batch-size", "4", "--seq-len", "32",
+                      "--seeds", "0", "--lr-factors", "1", "--optimizers", "adamw", "--no-progress",
+                      "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
