@@ -6,8 +6,11 @@
 1. The step benchmark (``python -m analysis.bench step --compile``) in fp32 and bf16: the zoo's
    eager, foreach and compiled steps, cautious twins and APOLLO-Mini, against torch's AdamW (for-loop,
    foreach, fused).
-2. A 300-step comparison of adamw, c-adamw and apollo-mini on the 60M LLaMA in bf16 autocast
-   (``python -m analysis.pretrain``), with the peak memory of each run.
+2. A 300-step comparison of adamw, c-adamw and apollo-mini on the 60M LLaMA (its 32,000-token
+   vocabulary) in bf16 autocast, compiled (``python -m analysis.pretrain --compile``), on the Python
+   sources of the installed packages (``--corpus site-packages``) in byte-level BPE tokens trained
+   on their training half (``python -m analysis.data tokenizer`` and ``prepare``): tokens per
+   second, peak memory and validation loss of each run.
 3. Distributed training on nccl with 2 processes where there are 2 GPUs: DDP and ``--fsdp``
    against one process (``tests/test_pretrain.py``'s comparisons); with one GPU, a line saying so.
 
@@ -40,12 +43,21 @@ def parts(out: Path, device: str, quick: bool) -> list[tuple[str, list[str]]]:
               [*python, "analysis.bench", "step", "--device", device, "--dtype", dtype, "--compile",
                "--only", STEP_NAMES, "--refresh-steps", "0", "--copy-mb", "16" if quick else "256", *small])
              for dtype in ("fp32", "bf16")]
-    model = ["--model", "tiny", "--steps", "4", "--eval-interval", "2"] if quick else ["--model", "60M",
-                                                                                   "--steps", "300"]
-    llama = ("LLaMA 60M, 300 steps, bf16 autocast" if not quick else "LLaMA tiny, 4 steps",
-             [*python, "analysis.pretrain", "llama", *model, "--optimizers", LLAMA_NAMES, "--seeds", "0",
-              "--device", device, "--dtype", "bf16", "--no-progress", "--out", str(out / "llama")])
-    found = [*steps, llama]
+    corpus, vocab = ("shakespeare", "512") if quick else ("site-packages", "32000")
+    tokenizer, tokens = out / "tokenizer.json", out / "tokens"
+    text = [(f"Byte-level BPE of {vocab} tokens on the {corpus} corpus",
+             [*python, "analysis.data", "tokenizer", "--corpus", corpus, "--vocab-size", vocab, "--out", str(tokenizer)]),
+            (f"The {corpus} corpus as token files",
+             [*python, "analysis.data", "prepare", "--corpus", corpus, "--tokenizer", str(tokenizer), "--out",
+              str(tokens)])]
+    run = (["--model", "tiny", "--steps", "4", "--eval-interval", "2"] if quick else
+           ["--model", "60M", "--steps", "300", "--batch-size", "64", "--seq-len", "256", "--eval-interval", "50"])
+    llama = (("LLaMA tiny, 4 steps (not compiled: seconds, not minutes)" if quick else
+              "LLaMA 60M, 300 steps of 64 x 256 tokens, compiled") + f", {corpus} in BPE tokens, bf16 autocast",
+             [*python, "analysis.pretrain", "llama", *run, "--data", str(tokens), "--optimizers", LLAMA_NAMES,
+              "--seeds", "0", "--device", device, "--dtype", "bf16", *([] if quick else ["--compile"]),
+              "--no-progress", "--out", str(out / "llama")])
+    found = [*steps, *text, llama]
     if device == "cuda" and torch.cuda.device_count() >= 2:
         tests = Path(__file__).parents[1] / "tests" / "test_pretrain.py"
         found.append(("Distributed on nccl, 2 processes (DDP, FSDP2) against one process",

@@ -1,6 +1,8 @@
-"""Small pretraining runs that compare optimizers: a LLaMA on byte-level text, an MAE on images.
+"""Small pretraining runs that compare optimizers: a LLaMA or any transformers causal LM on text, an MAE on images.
 
     python -m analysis.pretrain llama                      # the default comparison (README)
+    python -m analysis.pretrain llama --data tokens/ --model 60M         # token files (analysis.data prepare)
+    python -m analysis.pretrain llama --dataset docs.jsonl --tokenizer tok.json --model hf:my-config/
     python -m analysis.pretrain mae --optimizers adamw,c-adamw --seeds 0,1 --steps 300
     torchrun --nproc_per_node 2 -m analysis.pretrain llama --steps 100   # data-parallel
     torchrun --nproc_per_node 2 -m analysis.pretrain llama --fsdp        # parameters sharded (FSDP2)
@@ -44,14 +46,16 @@ from zoo.precision import host, resolve
 
 from .capture import GradientCapture, capture_path
 from .cli import ArgumentParser, Progress, int_list, make_folder, usage_errors
-from .data import load_images, load_text, sample_windows, TEXT_CORPORA
+from .data import load_dataset_text, load_images, load_text, load_token_files, sample_windows, TEXT_CORPORA
 from .memory.step import Tracker
 from .models import llama, mae
+from .models.hf import build_causal_lm
 
 __all__ = ["Config", "DEFAULT_LR", "METRICS", "prepare", "train", "compare", "load_metrics", "summarize",
            "steps_to_reach", "plot_val_loss", "plot_masked_fraction", "markdown", "main"]
 
 TASKS = ("llama", "mae")
+HF_PREFIX = "hf:"
 DTYPES = ("auto", "fp32", "bf16")
 WEIGHTS = ("float", "int8", "bf16")
 METRICS = ("step", "train_loss", "val_loss", "lr", "samples", "units", "wall_s", "state_bytes",
@@ -93,7 +97,17 @@ class Config:
     update_proj_gap: int = 200
     eval_interval: int = 20
     eval_batches: int = 4
-    corpus: str = "shakespeare"                # llama
+    corpus: str | None = None                  # llama: a built-in corpus (analysis.data.TEXT_CORPORA); the
+                                               # default "shakespeare" where no data or dataset is given
+    data: str | None = None                    # llama: a folder of token files (train.bin/val.bin or .npy)
+    dataset: str | None = None                 # llama: a Hugging Face dataset (hub name, folder or file)
+    dataset_config: str | None = None          # its configuration (load_dataset's name)
+    split: str = "train"                       # its split (validation: held-out documents of it)
+    text_column: str = "text"
+    streaming: bool = False                    # read the dataset as a stream: its first max_documents
+    max_documents: int | None = None           # documents read (all where not streaming and None)
+    tokenizer: str | None = None               # BPE tokens: a tokenizer.json, a transformers tokenizer
+                                               # folder or a hub name; None: bytes (token files: their own)
     data_dir: str | None = None                # mae: an IDX folder (default Fashion-MNIST)
     device: str = "auto"
     compile: bool = False
@@ -120,14 +134,14 @@ class Config:
         if self.weight_decay is None:
             self.weight_decay = 0.0 if self.task == "llama" else 0.05
         configs = (llama if self.task == "llama" else mae).CONFIGS
-        if self.model not in configs:
-            raise ValueError(f"unknown {self.task} model {self.model!r}; allowed: {', '.join(configs)}")
-        if self.corpus not in TEXT_CORPORA:
-            raise ValueError(f"unknown corpus {self.corpus!r}; allowed: {', '.join(TEXT_CORPORA)}")
-        if self.task == "llama" and self.data_dir is not None:
-            raise ValueError("data_dir (--data-dir) is the mae task's image folder; the llama task reads corpus")
-        if self.task == "mae" and self.corpus != Config.corpus:
-            raise ValueError("corpus (--corpus) is the llama task's text; the mae task reads data_dir")
+        if self.model.startswith(HF_PREFIX):
+            if self.task != "llama" or self.model == HF_PREFIX:
+                raise ValueError(f"--model {HF_PREFIX}PATH_OR_NAME (a transformers causal-LM config) is for the llama "
+                                 f"task, with a config after '{HF_PREFIX}'; got task {self.task}, model {self.model!r}")
+        elif self.model not in configs:
+            raise ValueError(f"unknown {self.task} model {self.model!r}; allowed: {', '.join(configs)}"
+                             + (f", or {HF_PREFIX}PATH_OR_NAME (a transformers config)" if self.task == "llama" else ""))
+        self._check_text_source()
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device {self.device!r}; allowed: auto, cpu, cuda")
         if self.dtype not in DTYPES:
@@ -183,6 +197,39 @@ class Config:
         for name in self.optimizers:  # an unknown name raises UnknownOptimizerError, listing the known ones
             self.peak_lr(name)  # every optimizer has a learning rate before anything trains
 
+    def _check_text_source(self) -> None:
+        """One source of text for the llama task: a built-in corpus, token files or a dataset."""
+        text = {"corpus": self.corpus, "data": self.data, "dataset": self.dataset, "tokenizer": self.tokenizer,
+                "dataset_config": self.dataset_config, "max_documents": self.max_documents,
+                "streaming": self.streaming or None}
+        if self.task == "mae":
+            given = [k for k, v in text.items() if v is not None]
+            if given:
+                raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} choose the llama task's "
+                                 "text; the mae task reads images from data_dir (--data-dir)")
+            return
+        if self.data_dir is not None:
+            raise ValueError("data_dir (--data-dir) is the mae task's image folder; the llama task reads text from "
+                             "--corpus, --data or --dataset")
+        sources = [k for k in ("corpus", "data", "dataset") if text[k] is not None]
+        if len(sources) > 1:
+            raise ValueError(f"{' and '.join('--' + k for k in sources)} are two sources of text: choose one")
+        if not sources:
+            self.corpus = "shakespeare"
+        if self.corpus is not None and self.corpus not in TEXT_CORPORA:
+            raise ValueError(f"unknown corpus {self.corpus!r}; allowed: {', '.join(TEXT_CORPORA)}")
+        if self.dataset is None:
+            loose = [k for k in ("dataset_config", "max_documents", "streaming") if text[k] is not None]
+            loose += [k for k, default in (("split", "train"), ("text_column", "text")) if getattr(self, k) != default]
+            if loose:
+                raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in loose)} describe a Hugging Face "
+                                 "dataset: pass --dataset NAME_OR_PATH")
+        if self.streaming and self.max_documents is None:
+            raise ValueError("--streaming reads the dataset as a stream, which has no end the run could hold: pass "
+                             "--max-documents N (the run reads the first N documents)")
+        if self.max_documents is not None and self.max_documents < 2:
+            raise ValueError(f"max_documents must be >= 2 (training and validation documents), got {self.max_documents}")
+
     def peak_lr(self, name: str) -> float:
         """The learning rate of optimizer ``name``: ``lr`` if given, else :data:`DEFAULT_LR`."""
         if name in self.lr:
@@ -196,21 +243,46 @@ class Config:
 
 # ---------------------------------------------------------------- tasks: model, batches, loss
 
+def load_corpus(cfg: Config):
+    """The llama task's text (:class:`analysis.data.TextCorpus`): token files (``data``), a
+    Hugging Face dataset (``dataset``) or a built-in corpus, in bytes or ``tokenizer``'s tokens."""
+    if cfg.data is not None:
+        return load_token_files(cfg.data, tokenizer=cfg.tokenizer)
+    if cfg.dataset is not None:
+        return load_dataset_text(cfg.dataset, cfg.tokenizer, config=cfg.dataset_config, split=cfg.split,
+                                 text_column=cfg.text_column, streaming=cfg.streaming, max_documents=cfg.max_documents,
+                                 progress=cfg.progress)
+    return load_text(cfg.corpus, tokenizer=cfg.tokenizer, progress=cfg.progress and cfg.tokenizer is not None)
+
+
 class LlamaTask:
-    """Next-byte prediction with :class:`analysis.models.llama.Llama` on a text corpus."""
+    """Next-token prediction on a text corpus (:func:`load_corpus`) with
+    :class:`analysis.models.llama.Llama` of ``cfg.model`` (its vocabulary the corpus'), or any
+    transformers causal LM built from its config (``hf:PATH_OR_NAME``,
+    :func:`analysis.models.hf.build_causal_lm`)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.corpus = load_text(cfg.corpus)
-        config = llama.CONFIGS[cfg.model]
-        self.model_config = replace(config, vocab_size=self.corpus.vocab_size,
-                                    max_seq_len=max(config.max_seq_len, cfg.seq_len))
+        self.corpus = load_corpus(cfg)
+        if cfg.model.startswith(HF_PREFIX):
+            self.model_config = None
+        else:
+            config = llama.CONFIGS[cfg.model]
+            self.model_config = replace(config, vocab_size=self.corpus.vocab_size,
+                                        max_seq_len=max(config.max_seq_len, cfg.seq_len))
         val = torch.Generator().manual_seed(0)  # the same validation windows for every run
         self.val = [sample_windows(self.corpus.val, cfg.batch_size, cfg.seq_len, val)
                     for _ in range(cfg.eval_batches)]
 
     def build_model(self) -> nn.Module:
+        if self.model_config is None:
+            return build_causal_lm(self.cfg.model[len(HF_PREFIX):], self.corpus.vocab_size, self.cfg.seq_len)
         return llama.Llama(self.model_config)
+
+    def describe(self) -> str:
+        """The text, for the summary: the corpus and its tokens."""
+        tokens = "bytes" if self.corpus.tokenizer == "bytes" else f"tokenizer {self.corpus.tokenizer}"
+        return f"{self.corpus.name}, {tokens}, vocabulary {self.corpus.vocab_size:,}"
 
     def batch(self, generator: torch.Generator):
         return sample_windows(self.corpus.train, self.cfg.batch_size, self.cfg.seq_len, generator)
@@ -391,9 +463,10 @@ def _checkpoint_path(cfg: Config, name: str, seed: int) -> Path:
     return Path(cfg.out) / "checkpoints" / f"{name}_seed{seed}.pt"
 
 
-def _resume_checkpoint(cfg: Config, name: str, seed: int, device: torch.device) -> dict | None:
+def _resume_checkpoint(cfg: Config, name: str, seed: int, device: torch.device, data: str | None) -> dict | None:
     """The checkpoint run (``name``, ``seed``) resumes from: None without ``--resume`` or when there
-    is none yet; a ``ValueError`` naming the settings that differ from the checkpoint's."""
+    is none yet; a ``ValueError`` naming the settings that differ from the checkpoint's, or saying
+    that its text was another (``data``: the SHA-256 of the task's text, None for images)."""
     path = _checkpoint_path(cfg, name, seed)
     if not (cfg.resume and path.exists()):
         return None
@@ -403,7 +476,15 @@ def _resume_checkpoint(cfg: Config, name: str, seed: int, device: torch.device) 
     if changed:
         raise ValueError(f"--resume with settings that differ from the checkpoint {path} "
                          f"(setting: (checkpoint, now)): {changed}; rerun without --resume to start over")
+    if ckpt.get("data", data) != data:
+        raise ValueError(f"--resume on other text than the checkpoint {path} was trained on (SHA-256 {ckpt['data']} "
+                         f"then, {data} now); rerun without --resume to start over")
     return ckpt
+
+
+def _fingerprint(task) -> str | None:
+    """The SHA-256 of the llama task's text (a checkpoint resumes on the same text only)."""
+    return task.corpus.sha256 if isinstance(task, LlamaTask) else None
 
 
 def prepare(cfg: Config):
@@ -431,7 +512,7 @@ def prepare(cfg: Config):
         make_folder(cfg.out)
     for name in cfg.optimizers:
         for seed in cfg.seeds:
-            _resume_checkpoint(cfg, name, seed, device)
+            _resume_checkpoint(cfg, name, seed, device, _fingerprint(task))
     return task
 
 
@@ -455,7 +536,7 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     data = torch.Generator().manual_seed(seed)
     step, rows = 0, []
-    ckpt = _resume_checkpoint(cfg, name, seed, device)
+    ckpt = _resume_checkpoint(cfg, name, seed, device, _fingerprint(task))
     if ckpt is not None:
         _load_state(cfg, model, optimizer, ckpt)
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -524,7 +605,8 @@ def train(cfg: Config, task, name: str, seed: int) -> pd.DataFrame:
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 save_checkpoint(ckpt_path, dict(model=model_state, optimizer=optimizer_state,
                                                 scheduler=scheduler.state_dict(), data_rng=data.get_state(),
-                                                step=step, rows=rows, config=_signature(cfg, name)))
+                                                step=step, rows=rows, config=_signature(cfg, name),
+                                                data=_fingerprint(task)))
             switch(optimizer, "train")
     progress.close()
     if world > 1 and not cfg.fsdp and not _replicas_agree(model):
@@ -633,7 +715,7 @@ def compare(cfg: Config, task=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         out = Path(cfg.out)
         lrs = ", ".join(f"{n} {cfg.peak_lr(n):g}" for n in cfg.optimizers)
         header = (f"# {cfg.task} {cfg.model}: {cfg.steps} steps, global batch {cfg.batch_size}"
-                  + (f" x {cfg.seq_len} tokens ({cfg.corpus})" if cfg.task == "llama" else " images")
+                  + (f" x {cfg.seq_len} tokens ({task.describe()})" if cfg.task == "llama" else " images")
                   + f", seeds {list(cfg.seeds)}, world size {_world()[1]}" + (" (FSDP2)" if cfg.fsdp else "")
                   + f"\n\n{_precision_line(cfg)}\n\npeak lr: {lrs}\n\n")
         (out / "summary.md").write_text(header + markdown(table) + "\n")
@@ -664,12 +746,28 @@ def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m analysis.pretrain", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("task", choices=TASKS)
-    p.add_argument("--model", default="tiny", help=f"llama: {', '.join(llama.CONFIGS)}; mae: {', '.join(mae.CONFIGS)}")
+    p.add_argument("--model", default="tiny", help=f"llama: {', '.join(llama.CONFIGS)} (the vocabulary is the "
+                   f"text's), or {HF_PREFIX}PATH_OR_NAME: any transformers causal-LM config, built from the config "
+                   f"alone; mae: {', '.join(mae.CONFIGS)}")
     p.add_argument("--optimizers", default=",".join(Config.optimizers), help="registry names, comma-separated")
     p.add_argument("--seeds", type=int_list(0), default=Config.seeds, help="comma-separated")
     p.add_argument("--lr", default=None, help="3e-3 for all, or adamw=3e-3,lion=3e-4 (others: DEFAULT_LR)")
     p.add_argument("--out", default=None, help="default runs/<task>")
-    p.add_argument("--corpus", default="shakespeare", choices=TEXT_CORPORA)
+    text = p.add_argument_group("the llama task's text (one source: --corpus, --data or --dataset)")
+    text.add_argument("--corpus", default=None, choices=TEXT_CORPORA, help="a built-in corpus (default: shakespeare)")
+    text.add_argument("--data", default=None, help="a folder of token files: train.bin/val.bin (uint16 or uint32) "
+                      "with meta.json, or train.npy/val.npy (python -m analysis.data prepare writes them)")
+    text.add_argument("--dataset", default=None, help="a Hugging Face dataset: a hub name, a folder, or a .txt, "
+                      ".json(l), .parquet or .csv file; validation holds out whole documents")
+    text.add_argument("--dataset-config", default=None, help="the dataset's configuration")
+    text.add_argument("--split", default="train", help="the dataset's split")
+    text.add_argument("--text-column", default="text", help="the dataset's column of text")
+    text.add_argument("--streaming", action="store_true", help="read the dataset as a stream (data larger than the "
+                      "disk): its first --max-documents documents")
+    text.add_argument("--max-documents", type=int, default=None, help="documents of the dataset to read")
+    text.add_argument("--tokenizer", default=None, help="a tokenizer.json, a transformers tokenizer folder or a hub "
+                      "name (network): tokens of --corpus or --dataset (default: bytes); with --data, checked "
+                      "against the files' meta.json")
     p.add_argument("--data-dir", default=None, help="IDX image folder (default: Debian's Fashion-MNIST)")
     p.add_argument("--capture-grads", type=int_list(0), default=(),
                    help="steps (comma-separated) where gradient windows are saved")
@@ -695,7 +793,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress report (a bar on a terminal, a line per quarter of a run otherwise)")
     for f in fields(Config):
-        if f.name in ("task", "model", "optimizers", "seeds", "lr", "options", "out", "corpus", "data_dir",
+        if f.name in ("task", "model", "optimizers", "seeds", "lr", "options", "out", "corpus", "data", "dataset",
+                      "dataset_config", "split", "text_column", "streaming", "max_documents", "tokenizer", "data_dir",
                       "capture_grads", "resume", "compile", "compile_optimizer", "progress", "layerwise", "dtype",
                       "weights", "fsdp", "state_bits", "stochastic_round", "kahan"):
             continue

@@ -22,6 +22,7 @@ def test_without_cuda_it_says_so_and_exits_0(tmp_path):
 def test_every_part_runs_and_the_report_holds_them(tmp_path):
     assert gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--quick"]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert report.count("## ") == 3 and "FAILED" not in report, report
+    assert report.count("## ") == 5 and "FAILED" not in report, report
     assert "adamw+compile <= 1.20x torch-adamw-fused" in report          # the step benchmark's targets
     assert "| apollo-mini |" in report and "peak MB" in report           # the LLaMA comparison's summary
+    assert f"tokenizer {tmp_path / 'tokenizer.json'}" in report        # trained on BPE tokens

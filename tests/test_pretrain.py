@@ -124,6 +124,12 @@ def test_runs_are_deterministic_for_a_seed(tmp_path):
     ("lion", {"weights": "bf16", "stochastic_round": True, "state_bits": 4, "dtype": "bf16"})])
 def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, name, settings):
     cfg = small(tmp_path / "full", optimizers=(name,), steps=8, eval_interval=2, update_proj_gap=3, **settings)
+    assert_resume_bit_for_bit(tmp_path, monkeypatch, cfg, name)
+
+
+def assert_resume_bit_for_bit(tmp_path, monkeypatch, cfg: Config, name: str) -> None:
+    """A run of ``cfg`` (8 steps, checkpoints every 2) interrupted after its second checkpoint
+    and resumed equals the whole run: its metrics and its final weights."""
     full, _ = compare(cfg)
 
     saves = []
@@ -360,3 +366,104 @@ def test_compiled_optimizer_steps_train_as_the_eager_ones(tmp_path):
                                 compile_optimizer=True))
     pd.testing.assert_series_equal(compiled["train_loss"], eager["train_loss"], rtol=1e-5)
     pd.testing.assert_series_equal(compiled["masked_fraction"], eager["masked_fraction"], atol=1e-6)
+
+
+# ---------------------------------------------------------------- the user's data and model
+
+def write_tokens(folder, vocab_size=300, n_train=4000, n_val=1000, seed=0) -> str:
+    from analysis.data import write_token_files
+    gen = torch.Generator().manual_seed(seed)
+    train, val = (torch.randint(vocab_size, (n,), generator=gen).numpy() for n in (n_train, n_val))
+    write_token_files(folder, train, val, vocab_size)
+    return str(folder)
+
+
+def test_token_files_train_a_model_of_their_vocabulary(tmp_path):
+    data = write_tokens(tmp_path / "tokens")
+    cfg = small(tmp_path / "out", data=data, optimizers=("adamw", "apollo-mini"))
+    task = pretrain.prepare(cfg)
+    assert cfg.corpus is None and task.corpus.vocab_size == 300
+    assert task.build_model().embed_tokens.weight.shape[0] == 300
+    metrics, table = compare(cfg, task)
+    assert metrics.groupby("optimizer")["units"].max().eq(6 * 4 * 16).all()
+    assert f"files:{data}" in (tmp_path / "out" / "summary.md").read_text()
+    assert table["final val loss"].lt(math.log(300) + 0.5).all()
+
+
+def test_resume_on_token_files_is_bit_for_bit_and_refuses_other_text(tmp_path, monkeypatch):
+    data = write_tokens(tmp_path / "tokens")
+    assert_resume_bit_for_bit(tmp_path, monkeypatch, small(tmp_path / "full", data=data, steps=8, eval_interval=2),
+                              "adamw")
+    write_tokens(tmp_path / "tokens", seed=1)   # other tokens in the same folder
+    with pytest.raises(ValueError, match="other text"):
+        compare(small(tmp_path / "full", data=data, steps=8, eval_interval=2, resume=True))
+
+
+def test_a_dataset_file_with_a_tokenizer(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    docs = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(400)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(f'{{"code": {json_string(d)}}}\n' for d in docs))
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(docs, tokenizers.trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tok.json"))
+    cfg = small(tmp_path / "out", dataset=str(path), text_column="code", tokenizer=str(tmp_path / "tok.json"))
+    task = pretrain.prepare(cfg)
+    assert task.corpus.vocab_size == tok.get_vocab_size() <= 401
+    assert int(max(task.corpus.train.max(), task.corpus.val.max())) < task.corpus.vocab_size
+    _, table = compare(cfg, task)
+    assert table["final val loss"].notna().all()
+    with pytest.raises(ValueError, match="code"):   # the column that does not exist names those that do
+        pretrain.prepare(small(tmp_path / "out", dataset=str(path), text_column="text", tokenizer=str(tmp_path / "tok.json")))
+
+
+def json_string(text: str) -> str:
+    import json
+    return json.dumps(text)
+
+
+def write_hf_llama(folder) -> str:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                                      num_key_value_heads=4, vocab_size=1000, max_position_embeddings=8)
+    config.save_pretrained(folder)
+    return f"hf:{folder}"
+
+
+def test_a_transformers_model_from_its_config(tmp_path):
+    model = write_hf_llama(tmp_path / "config")
+    cfg = small(tmp_path / "out", model=model, optimizers=("adamw", "apollo-mini"))
+    task = pretrain.prepare(cfg)
+    net = task.build_model()
+    logits, loss = net(*task.batch(torch.Generator().manual_seed(0)))
+    assert logits.shape == (4, 16, 256) and loss.ndim == 0   # the text's vocabulary and the run's sequence length
+    optimizer = pretrain._build_optimizer(cfg, "apollo-mini", net)
+    low_rank = [g for g in optimizer.param_groups if g.get("rank")]
+    assert low_rank and sum(len(g["params"]) for g in low_rank) == 2 * 7   # q k v o gate up down, 2 layers
+    _, table = compare(cfg, task)
+    assert table["final val loss"].notna().all()
+    int8, _ = compare(small(tmp_path / "int8", model=model, weights="int8"))
+    assert int8["val_loss"].notna().any()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(corpus="stdlib", data="x"), "--corpus and --data are two sources of text"),
+    (dict(data="x", dataset="y"), "--data and --dataset are two sources"),
+    (dict(dataset="y", streaming=True), "pass --max-documents"),
+    (dict(text_column="body"), "pass --dataset"),
+    (dict(task="mae", tokenizer="t.json"), "the llama task's text"),
+    (dict(task="mae", model="hf:x"), "is for the llama task"),
+    (dict(model="hf:"), "with a config after 'hf:'"),
+])
+def test_bad_text_sources_are_refused(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        Config(**overrides)
+
+
+def test_missing_token_files_are_a_one_line_usage_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "analysis.pretrain", "llama", "--data", str(tmp_path / "none"),
+                           "--steps", "1", "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2 and "none" in done.stderr   # usage line + the reason
