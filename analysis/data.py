@@ -60,7 +60,7 @@ from torch import Tensor
 from .cli import ArgumentParser, Progress, integer, make_folder, usage_errors
 
 __all__ = ["DataNotFoundError", "TextCorpus", "load_text", "TEXT_CORPORA", "VAL_EVERY", "sample_windows",
-           "check_vocab", "load_token_files", "write_token_files", "load_tokenizer", "train_tokenizer",
+           "load_token_files", "write_token_files", "load_tokenizer", "train_tokenizer",
            "tokenizer_name", "load_dataset_text", "END_OF_TEXT", "ImageSet", "load_images", "FASHION_MNIST_DIR",
            "main"]
 
@@ -290,17 +290,6 @@ def sample_windows(tokens: Tensor | np.ndarray, batch_size: int, seq_len: int,
             rows[row] = tokens[s:s + seq_len + 1]
         windows = torch.from_numpy(rows)
     return windows[:, :-1], windows[:, 1:]
-
-
-def check_vocab(corpus: TextCorpus, model_vocab_size: int) -> None:
-    """Raise ``ValueError`` when ``corpus``' tokens need a larger vocabulary than a model's
-    ``model_vocab_size`` (its embedding rows): ``corpus.vocab_size > model_vocab_size``."""
-    if isinstance(model_vocab_size, bool) or not isinstance(model_vocab_size, int) or model_vocab_size < 1:
-        raise ValueError(f"model_vocab_size must be a positive integer, got {model_vocab_size!r}")
-    if corpus.vocab_size > model_vocab_size:
-        raise ValueError(f"corpus {corpus.name} has a vocabulary of {corpus.vocab_size:,} tokens (tokenizer "
-                         f"{corpus.tokenizer}) but the model only {model_vocab_size:,}: give the model the "
-                         "corpus' vocabulary size")
 
 
 # ---------------------------------------------------------------- token files

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import write_idx_set
-from analysis.data import (END_OF_TEXT, VAL_EVERY, DataNotFoundError, FASHION_MNIST_DIR, TextCorpus, check_vocab,
+from analysis.data import (END_OF_TEXT, VAL_EVERY, DataNotFoundError, FASHION_MNIST_DIR,
                            load_dataset_text, load_images, load_text, load_token_files, load_tokenizer, main,
                            sample_windows, train_tokenizer, write_token_files)
 
@@ -213,13 +213,6 @@ def test_memmap_windows_equal_tensor_windows(tmp_path):
     assert torch.equal(a.get_state(), b.get_state())
     with pytest.raises(ValueError, match="1-D unsigned integers, got 1-D int64"):
         sample_windows(tokens, 4, 64, a)
-
-
-def test_check_vocab():
-    corpus = TextCorpus("c", np.zeros(4, np.uint16), np.zeros(4, np.uint16), (), (), "", 300, "tok.json")
-    check_vocab(corpus, 300)
-    with pytest.raises(ValueError, match=r"vocabulary of 300 tokens \(tokenizer tok.json\) but the model only 256"):
-        check_vocab(corpus, 256)
 
 
 # ---------------------------------------------------------------- the site-packages corpus
